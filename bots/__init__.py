@@ -1,0 +1,1 @@
+"""Platform adapters and the process that serves them. Each platform's SDK stays in its package."""

@@ -1,0 +1,127 @@
+"""The ``assistant-bridge`` command: ``serve`` and ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from core.errors import BackendUnreachable, ConfigError
+from core.profiles import ProfileSet, load_profiles
+from core.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assistant-bridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the bot: Slack events and /healthz on one HTTP server")
+    serve.add_argument("--port", type=int, help="HTTP port (default: $PORT or 3000)")
+    serve.add_argument("--config", help="assistant profiles file (default: $ASSISTANT_BRIDGE_CONFIG or assistants.toml)")
+    check = sub.add_parser("check", help="validate the configuration and reach each configured service")
+    check.add_argument("--config", help="assistant profiles file")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            _say(f"setting {'.'.join(map(str, error['loc']))}: {error['msg']}")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    if args.config:
+        settings.config_path = args.config
+    if getattr(args, "port", None) is not None:
+        settings.port = args.port
+    if args.command == "serve":
+        return _serve(settings)
+    return asyncio.run(_check(settings))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _load(settings: Settings) -> ProfileSet | None:
+    try:
+        return load_profiles(settings.config_path, tool_timeout=settings.tool_timeout)
+    except ConfigError as exc:
+        _say(f"config error: {exc}")
+        return None
+
+
+def _report_missing(settings: Settings) -> bool:
+    missing = settings.missing_for_serve()
+    for item in missing:
+        _say(f"missing {item.variable}: {item.where}")
+    return bool(missing)
+
+
+def _serve(settings: Settings) -> int:
+    from bots.service import Service, serve_until_signalled
+
+    missing = _report_missing(settings)
+    profiles = _load(settings)
+    if missing or profiles is None:
+        _say("assistant-bridge cannot start; see above. Settings may also go in a .env file.")
+        return 2
+    try:
+        service = Service.create(settings, profiles)
+    except ConfigError as exc:
+        _say(f"config error: {exc}")
+        return 2
+    asyncio.run(serve_until_signalled(service))
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    from slack_sdk.errors import SlackApiError
+
+    from bots.service import build_backends
+    from bots.slack.adapter import build_web_client
+
+    problems = int(_report_missing(settings))
+    profiles = _load(settings)
+    if profiles is None:
+        return 1
+    print(f"config ok: {settings.config_path}: {', '.join(profiles.profiles)} (default {profiles.default_name})")
+    if settings.slack_bot_token is not None:
+        client = build_web_client(settings)
+        try:
+            auth = await client.auth_test()
+            print(f"slack ok: {auth.get('team')} as {auth.get('user')}")
+        except SlackApiError as exc:
+            problems += 1
+            _say(f"slack: the bot token was refused ({exc.response.get('error')})")
+        except Exception as exc:
+            problems += 1
+            _say(f"slack: cannot reach {client.base_url}: {exc}")
+    if settings.openai_api_key is not None or settings.azure_openai_endpoint is not None:
+        try:
+            backends = build_backends(settings)
+        except ConfigError as exc:
+            _say(f"config error: {exc}")
+            return 1
+        for profile in profiles.profiles.values():
+            try:
+                await backends[profile.backend].check(profile)
+                print(f"backend ok: {profile.name} ({profile.backend}, model {profile.model})")
+            except BackendUnreachable as exc:
+                problems += 1
+                _say(f"backend: profile {profile.name}: {exc}")
+        for backend in backends.values():
+            await backend.close()
+    if problems:
+        _say(f"{problems} problem(s) found")
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

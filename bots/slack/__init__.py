@@ -1,0 +1,1 @@
+"""The Slack adapter (slack-bolt AsyncApp): Socket Mode or HTTP at POST /slack/events."""

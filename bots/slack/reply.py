@@ -1,0 +1,218 @@
+"""Rendering a turn's events into a Slack thread: native streaming, with a posting fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from slack_sdk.errors import SlackApiError
+
+from bots.slack.text import MESSAGE_LIMIT, neutralise, safe_prefix, split_point
+from core import wording
+from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Progress, TextDelta
+
+log = logging.getLogger(__name__)
+
+
+class SlackWebAPI(Protocol):
+    """The slack_sdk ``AsyncWebClient`` methods the reply uses."""
+
+    async def chat_startStream(self, **kwargs: Any) -> Any: ...
+    async def chat_appendStream(self, **kwargs: Any) -> Any: ...
+    async def chat_stopStream(self, **kwargs: Any) -> Any: ...
+    async def chat_postMessage(self, **kwargs: Any) -> Any: ...
+    async def chat_update(self, **kwargs: Any) -> Any: ...
+    async def assistant_threads_setStatus(self, **kwargs: Any) -> Any: ...
+    async def files_upload_v2(self, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SlackThread:
+    """Where the answer goes, and who it is for (chat.startStream needs both in channels)."""
+
+    channel: str
+    thread_ts: str
+    team_id: str | None
+    user_id: str | None
+
+
+@dataclass
+class _Message:
+    ts: str | None = None
+    text: str = ""  # everything sent so far in this Slack message
+
+
+@dataclass
+class SlackReply:
+    """A :class:`core.messages.Reply` for one Slack thread.
+
+    Text is streamed with chat.startStream/appendStream/stopStream, flushed at most every
+    ``stream_interval`` seconds (the first text at once). If Slack refuses streaming, the answer
+    continues with chat.postMessage plus chat.update at most every ``update_interval`` seconds.
+    A message is closed and a new one started before Slack's 12,000-character limit, at a
+    paragraph or line break, so nothing is cut. Model text is neutralised (no pings) before it is
+    sent; citations become numbered sources at the end; failures a short note.
+    """
+
+    client: SlackWebAPI
+    thread: SlackThread
+    streaming: bool = True
+    stream_interval: float = 0.5
+    update_interval: float = 3.0
+    _raw_tail: str = ""
+    _pending: str = ""
+    _message: _Message = field(default_factory=_Message)
+    _sent_any: bool = False
+    _last_send: float = 0.0
+    _citations: list[Citation] = field(default_factory=list)
+    _notes: list[str] = field(default_factory=list)
+    _status_works: bool = True
+    _timer: asyncio.Task[None] | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def emit(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            self._raw_tail += event.text
+            cut = safe_prefix(self._raw_tail)
+            self._pending += neutralise(self._raw_tail[:cut])
+            self._raw_tail = self._raw_tail[cut:]
+            await self._flush_when_due()
+        elif isinstance(event, Progress):
+            if not event.done:
+                await self._set_status(event.label)
+        elif isinstance(event, Citation):
+            if event not in self._citations:
+                self._citations.append(event)
+        elif isinstance(event, Failure):
+            self._notes.append(event.user_message)
+        elif isinstance(event, ImageOut | FileOut):
+            await self._upload(event)
+        elif isinstance(event, Done):
+            await self._finish()
+
+    async def _flush_when_due(self) -> None:
+        interval = self.stream_interval if self.streaming else self.update_interval
+        wait = self._last_send + interval - time.monotonic()
+        if self._message.ts is None or wait <= 0:
+            await self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later(wait))
+
+    async def _flush_later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._timer = None
+        await self._flush()
+
+    async def _finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending += neutralise(self._raw_tail)
+        self._raw_tail = ""
+        self._pending += self._footer()
+        if not self._sent_any and not self._pending.strip():
+            self._pending = wording.EMPTY_ANSWER
+        await self._flush(final=True)
+        await self._set_status("")
+
+    def _footer(self) -> str:
+        parts: list[str] = []
+        if self._citations:
+            lines = [f"*{wording.SOURCES}*"]
+            for number, citation in enumerate(self._citations, start=1):
+                title = neutralise(citation.title)
+                lines.append(f"[{number}] [{title}]({citation.url})" if citation.url else f"[{number}] {title}")
+            parts.append("\n".join(lines))
+        parts.extend(f"⚠️ {note}" for note in self._notes)
+        if not parts:
+            return ""
+        return ("\n\n" if self._sent_any or self._pending else "") + "\n\n".join(parts)
+
+    async def _flush(self, final: bool = False) -> None:
+        async with self._lock:
+            while self._pending:
+                room = MESSAGE_LIMIT - len(self._message.text)
+                if len(self._pending) <= room:
+                    part, self._pending = self._pending, ""
+                    await self._send(part)
+                    break
+                cut = split_point(self._pending, room) if room > 500 else 0
+                part, self._pending = self._pending[:cut], self._pending[cut:]
+                if part:
+                    await self._send(part)
+                await self._close_message()
+            if final:
+                await self._close_message()
+            self._last_send = time.monotonic()
+
+    async def _send(self, part: str) -> None:
+        message = self._message
+        if self.streaming:
+            try:
+                if message.ts is None:
+                    response = await self.client.chat_startStream(
+                        channel=self.thread.channel,
+                        thread_ts=self.thread.thread_ts,
+                        recipient_team_id=self.thread.team_id,
+                        recipient_user_id=self.thread.user_id,
+                        markdown_text=part,
+                    )
+                    message.ts = response["ts"]
+                else:
+                    await self.client.chat_appendStream(
+                        channel=self.thread.channel, ts=message.ts, markdown_text=part
+                    )
+                message.text += part
+                self._sent_any = True
+                return
+            except SlackApiError as exc:
+                log.warning(
+                    "slack streaming refused channel=%s error=%s; falling back to post and update",
+                    self.thread.channel,
+                    exc.response.get("error"),
+                )
+                self.streaming = False
+        text = message.text + part
+        if message.ts is None:
+            response = await self.client.chat_postMessage(
+                channel=self.thread.channel, thread_ts=self.thread.thread_ts, markdown_text=text
+            )
+            message.ts = response["ts"]
+        else:
+            await self.client.chat_update(channel=self.thread.channel, ts=message.ts, markdown_text=text)
+        message.text = text
+        self._sent_any = True
+
+    async def _close_message(self) -> None:
+        if self.streaming and self._message.ts is not None:
+            try:
+                await self.client.chat_stopStream(channel=self.thread.channel, ts=self._message.ts)
+            except SlackApiError as exc:
+                log.warning("slack stopStream failed error=%s", exc.response.get("error"))
+        self._message = _Message()
+
+    async def _set_status(self, status: str) -> None:
+        if not self._status_works:
+            return
+        try:
+            await self.client.assistant_threads_setStatus(
+                channel_id=self.thread.channel, thread_ts=self.thread.thread_ts, status=status
+            )
+        except SlackApiError as exc:
+            self._status_works = False
+            log.info("slack status unavailable here error=%s", exc.response.get("error"))
+
+    async def _upload(self, out: ImageOut | FileOut) -> None:
+        try:
+            await self.client.files_upload_v2(
+                channel=self.thread.channel,
+                thread_ts=self.thread.thread_ts,
+                content=out.data,
+                filename=out.filename,
+            )
+        except SlackApiError as exc:
+            log.warning("slack upload failed file=%s error=%s", out.filename, exc.response.get("error"))
+            self._notes.append(wording.upload_failed(out.filename))

@@ -1,0 +1,39 @@
+"""Making model text safe and sized for Slack."""
+
+from __future__ import annotations
+
+import re
+
+# Markdown text per chat.postMessage/update/appendStream call is capped at 12,000 characters;
+# we keep a margin for the footnotes and failure notes appended at the end.
+MESSAGE_LIMIT = 11_000
+
+_BROADCAST = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
+_PARTIAL_BROADCAST = re.compile(r"@[A-Za-z]{0,8}$")
+
+
+def neutralise(text: str) -> str:
+    """Make model output inert: no ``<!here>``, ``<@U…>``, ``<!subteam^…>`` or ``@channel`` pings.
+
+    ``&``, ``<`` and ``>`` become entities (Slack's own rule for untrusted text), and a word joiner
+    after ``@`` keeps ``@here``-style words from being read as broadcasts.
+    """
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u2060", text)
+
+
+def safe_prefix(text: str) -> int:
+    """How much of streamed ``text`` can be neutralised now: a trailing ``@he`` may become ``@here``."""
+    match = _PARTIAL_BROADCAST.search(text)
+    return match.start() if match else len(text)
+
+
+def split_point(text: str, limit: int) -> int:
+    """Where to cut ``text`` so the first part fits ``limit``: a paragraph, line or word boundary."""
+    if len(text) <= limit:
+        return len(text)
+    for separator in ("\n\n", "\n", " "):
+        cut = text.rfind(separator, limit // 2, limit)
+        if cut > 0:
+            return cut + len(separator)
+    return limit

@@ -1,0 +1,1 @@
+"""Backend implementations of :class:`core.backend.Backend`."""

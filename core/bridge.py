@@ -1,0 +1,174 @@
+"""The core service: from an inbound message to a rendered, streamed answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from core.backend import Backend, TurnInput
+from core.conversation import ConversationKey
+from core.deliveries import DeliveryLog
+from core.errors import BackendFailed, ConversationGone
+from core import wording
+from core.events import Done, Event, Failure, FailureKind, Progress, TextDelta, Usage
+from core.messages import InboundMessage, Reply
+from core.profiles import AssistantProfile, ProfileSet
+from core.store import ConversationStore, ThreadState
+from core.turns import Admission, TurnRunner
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    """What :meth:`Bridge.accept` did with a message."""
+
+    DUPLICATE = "duplicate"  # seen before: ignored, no answer
+    ANSWERING = "answering"  # a turn runs or is queued for it
+    REFUSED = "refused"  # the user was told why (queue full, shutting down)
+
+
+@dataclass
+class _TurnStats:
+    queued_at: float
+    started_at: float = 0.0
+    first_text_at: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    failure: FailureKind | None = None
+
+
+class Bridge:
+    """Maps chat threads to backend conversations and runs their turns one at a time.
+
+    ``accept`` returns at once: the turn runs in the background through the :class:`TurnRunner`,
+    and its events go to the message's :class:`core.messages.Reply`, always ending with ``Done``.
+    """
+
+    def __init__(
+        self,
+        *,
+        profiles: ProfileSet,
+        backends: Mapping[str, Backend],
+        store: ConversationStore,
+        deliveries: DeliveryLog,
+        runner: TurnRunner,
+        turn_timeout: float = 600.0,
+    ) -> None:
+        self.profiles = profiles
+        self._backends = backends
+        self._store = store
+        self._deliveries = deliveries
+        self._runner = runner
+        self._turn_timeout = turn_timeout
+
+    async def accept(self, message: InboundMessage, reply: Reply) -> Outcome:
+        if not await self._deliveries.first_sighting(message.delivery_ids):
+            log.info("duplicate delivery key=%s ids=%s", message.key, ",".join(message.delivery_ids))
+            return Outcome.DUPLICATE
+        queued_at = time.monotonic()
+        admission = self._runner.submit(message.key, lambda: self._turn(message, reply, queued_at))
+        if admission in (Admission.STARTED, Admission.QUEUED):
+            return Outcome.ANSWERING
+        kind = FailureKind.QUEUE_FULL if admission is Admission.QUEUE_FULL else FailureKind.SHUTTING_DOWN
+        log.warning("message refused key=%s reason=%s", message.key, kind.value)
+        await _emit(reply, Failure(kind))
+        await _emit(reply, Done())
+        return Outcome.REFUSED
+
+    async def answers_thread(self, key: ConversationKey) -> bool:
+        """True when the bot is already part of this thread (so follow-ups need no mention)."""
+        return self._runner.is_busy(key) or await self._store.get(key) is not None
+
+    def profile_for(self, key: ConversationKey) -> AssistantProfile:
+        return self.profiles.default
+
+    async def _turn(self, message: InboundMessage, reply: Reply, queued_at: float) -> None:
+        stats = _TurnStats(queued_at=queued_at, started_at=time.monotonic())
+        profile = self.profile_for(message.key)
+        await _emit(reply, Progress(wording.THINKING))
+        try:
+            async with asyncio.timeout(self._turn_timeout):
+                async for event in self._events(message, profile):
+                    if isinstance(event, TextDelta) and not stats.first_text_at:
+                        stats.first_text_at = time.monotonic()
+                    elif isinstance(event, Usage):
+                        stats.input_tokens += event.input_tokens
+                        stats.output_tokens += event.output_tokens
+                    elif isinstance(event, Failure):
+                        stats.failure = event.kind
+                        log.warning("turn failure key=%s kind=%s %s", message.key, event.kind.value, event.detail)
+                    await _emit(reply, event)
+        except BackendFailed as exc:
+            stats.failure = exc.failure.kind
+            log.warning("turn failure key=%s kind=%s %s", message.key, exc.failure.kind.value, exc.failure.detail)
+            await _emit(reply, exc.failure)
+        except TimeoutError:
+            stats.failure = FailureKind.TIMEOUT
+            await _emit(reply, Failure(FailureKind.TIMEOUT, f"turn exceeded {self._turn_timeout}s"))
+        except Exception:
+            stats.failure = FailureKind.FAILED
+            log.exception("turn crashed key=%s", message.key)
+            await _emit(reply, Failure(FailureKind.FAILED))
+        finally:
+            await _emit(reply, Done())
+            _log_turn(message.key, profile, stats)
+
+    async def _events(self, message: InboundMessage, profile: AssistantProfile) -> AsyncIterator[Event]:
+        backend = self._backends[profile.backend]
+        turn = TurnInput(text=message.text, user_id=message.user_id)
+        state = await self._store.get(message.key)
+        if state is None or state.backend != backend.name:
+            state = await self._open(message.key, profile, backend)
+        try:
+            async for event in backend.run_turn(state.conversation_id, turn, profile):
+                yield event
+        except ConversationGone:
+            log.warning("conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id)
+            state = await self._open(message.key, profile, backend)
+            async for event in backend.run_turn(state.conversation_id, turn, profile):
+                yield event
+        await self._store.put(message.key, state.after_turn())
+
+    async def _open(self, key: ConversationKey, profile: AssistantProfile, backend: Backend) -> ThreadState:
+        conversation_id = await backend.open_conversation(profile)
+        state = ThreadState(conversation_id, backend.name, profile.name, created_at=time.time())
+        await self._store.put(key, state)
+        log.info("conversation opened key=%s backend=%s id=%s", key, backend.name, conversation_id)
+        return state
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking messages; let turns finish within ``grace`` seconds."""
+        return await self._runner.drain(grace)
+
+    async def close(self) -> None:
+        for backend in self._backends.values():
+            await backend.close()
+        await self._store.close()
+
+
+async def _emit(reply: Reply, event: Event) -> None:
+    try:
+        await reply.emit(event)
+    except Exception:
+        log.exception("reply failed to render %s", type(event).__name__)
+
+
+def _log_turn(key: ConversationKey, profile: AssistantProfile, stats: _TurnStats) -> None:
+    now = time.monotonic()
+    first_text = (stats.first_text_at - stats.started_at) * 1000 if stats.first_text_at else -1
+    log.info(
+        "turn key=%s profile=%s outcome=%s wait_ms=%.0f first_text_ms=%.0f total_ms=%.0f "
+        "input_tokens=%d output_tokens=%d",
+        key,
+        profile.name,
+        stats.failure.value if stats.failure else "ok",
+        (stats.started_at - stats.queued_at) * 1000,
+        first_text,
+        (now - stats.started_at) * 1000,
+        stats.input_tokens,
+        stats.output_tokens,
+    )

@@ -1,0 +1,206 @@
+"""Assistant profiles: model, instructions and tools, from the project's TOML file.
+
+The file (``assistants.toml``) looks like::
+
+    default = "general"
+
+    [assistants.general]
+    description = "Everyday questions"
+    model = "gpt-4.1-mini"
+    instructions = "You are a helpful assistant."
+    max_output_tokens = 2000
+    temperature = 0.3
+    tools = [
+      { type = "code_interpreter" },
+      { type = "file_search", vector_store_ids = ["vs_123"] },
+      { type = "function", function = "mypkg.tools:lookup_order" },
+    ]
+
+A function tool's JSON schema is ``parameters`` when given, otherwise derived from the callable's
+signature; its description defaults to the callable's docstring. Any mistake stops start-up with a
+:class:`core.errors.ConfigError` naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import ConfigError
+from core.tools import FunctionTool, import_callable, schema_from_signature
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeInterpreterSpec(_Strict):
+    type: Literal["code_interpreter"]
+
+
+class FileSearchSpec(_Strict):
+    type: Literal["file_search"]
+    vector_store_ids: list[str] = Field(min_length=1)
+    max_num_results: int | None = Field(default=None, ge=1, le=50)
+
+
+class WebSearchSpec(_Strict):
+    type: Literal["web_search"]
+
+
+class FunctionSpec(_Strict):
+    type: Literal["function"]
+    function: str
+    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool = False
+    timeout: float | None = Field(default=None, gt=0)
+
+
+ToolSpec = Annotated[
+    CodeInterpreterSpec | FileSearchSpec | WebSearchSpec | FunctionSpec, Field(discriminator="type")
+]
+
+
+class _ProfileSpec(_Strict):
+    description: str = ""
+    backend: Literal["responses"] = "responses"
+    model: str = Field(min_length=1)
+    instructions: str = ""
+    tools: list[ToolSpec] = Field(default_factory=list)
+    max_output_tokens: int | None = Field(default=None, ge=16)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+
+class _FileSpec(_Strict):
+    default: str
+    assistants: dict[str, _ProfileSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class AssistantProfile:
+    """One assistant: what the backend is told on every turn."""
+
+    name: str
+    model: str
+    instructions: str = ""
+    description: str = ""
+    backend: str = "responses"
+    hosted_tools: tuple[dict[str, Any], ...] = ()
+    functions: Mapping[str, FunctionTool] = field(default_factory=dict)
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+    def has_tool(self, tool_type: str) -> bool:
+        return any(tool["type"] == tool_type for tool in self.hosted_tools)
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """All profiles from the file, and which one answers where nothing else is chosen."""
+
+    default_name: str
+    profiles: Mapping[str, AssistantProfile]
+    source: str = ""
+
+    @property
+    def default(self) -> AssistantProfile:
+        return self.profiles[self.default_name]
+
+    def get(self, name: str) -> AssistantProfile | None:
+        return self.profiles.get(name)
+
+
+def load_profiles(path: str | Path, *, tool_timeout: float = 30.0) -> ProfileSet:
+    """Read and validate the profiles file. Raises ConfigError (file, key, reason)."""
+    source = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found (set --config or ASSISTANT_BRIDGE_CONFIG)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    return parse_profiles(raw, source=source, tool_timeout=tool_timeout)
+
+
+def parse_profiles(raw: dict[str, Any], *, source: str = "<config>", tool_timeout: float = 30.0) -> ProfileSet:
+    try:
+        spec = _FileSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part))
+        raise ConfigError(source, key or "(top level)", first["msg"]) from None
+    if spec.default not in spec.assistants:
+        raise ConfigError(
+            source, "default", f"names {spec.default!r}, which is not one of [assistants.*]"
+        )
+    profiles = {
+        name: _build_profile(name, profile, source, tool_timeout) for name, profile in spec.assistants.items()
+    }
+    return ProfileSet(default_name=spec.default, profiles=profiles, source=source)
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in {"code_interpreter", "file_search", "web_search", "function"}
+
+
+def _build_profile(name: str, spec: _ProfileSpec, source: str, tool_timeout: float) -> AssistantProfile:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+        raise ConfigError(source, f"assistants.{name}", "names use a-z, 0-9, '-' and '_' (at most 40)")
+    hosted: list[dict[str, Any]] = []
+    functions: dict[str, FunctionTool] = {}
+    for index, tool in enumerate(spec.tools):
+        key = f"assistants.{name}.tools.{index}"
+        if isinstance(tool, FunctionSpec):
+            function_tool = _build_function(tool, key, source, tool_timeout)
+            if function_tool.name in functions:
+                raise ConfigError(source, key, f"function name {function_tool.name!r} is used twice")
+            functions[function_tool.name] = function_tool
+        else:
+            hosted.append(tool.model_dump(exclude_none=True))
+    return AssistantProfile(
+        name=name,
+        model=spec.model,
+        instructions=spec.instructions,
+        description=spec.description,
+        backend=spec.backend,
+        hosted_tools=tuple(hosted),
+        functions=functions,
+        max_output_tokens=spec.max_output_tokens,
+        temperature=spec.temperature,
+    )
+
+
+def _build_function(spec: FunctionSpec, key: str, source: str, tool_timeout: float) -> FunctionTool:
+    try:
+        function = import_callable(spec.function)
+    except ValueError as exc:
+        raise ConfigError(source, f"{key}.function", str(exc)) from None
+    if spec.parameters is not None:
+        parameters = spec.parameters
+    else:
+        try:
+            parameters = schema_from_signature(function)
+        except Exception as exc:
+            raise ConfigError(
+                source, f"{key}.parameters", f"cannot derive a schema from the signature ({exc}); declare it"
+            ) from None
+    name = spec.name or getattr(function, "__name__", "")
+    if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name):
+        raise ConfigError(source, f"{key}.name", f"{name!r} is not a valid function name; set name")
+    return FunctionTool(
+        name=name,
+        description=spec.description or inspect.getdoc(function) or "",
+        parameters=parameters,
+        function=function,
+        timeout=spec.timeout or tool_timeout,
+        strict=spec.strict,
+    )

@@ -1,0 +1,89 @@
+"""Every setting, read from the environment (and an optional ``.env`` file) in this one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Typed settings. Construct with keyword arguments in tests, ``Settings()`` in the CLI."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Backend: OpenAI, or Azure OpenAI (v1 endpoint) with a key or an Entra ID token.
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    azure_openai_endpoint: str | None = Field(None, validation_alias=_env("AZURE_OPENAI_ENDPOINT"))
+    azure_openai_api_key: SecretStr | None = Field(None, validation_alias=_env("AZURE_OPENAI_API_KEY"))
+    openai_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("OPENAI_MAX_RETRIES"))
+    openai_timeout: float = Field(120.0, gt=0, validation_alias=_env("OPENAI_TIMEOUT"))
+
+    # Slack
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias=_env("SLACK_SIGNING_SECRET"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
+    slack_api_url: str | None = Field(None, validation_alias=_env("SLACK_API_URL"))
+
+    # The bridge
+    config_path: str = Field("assistants.toml", validation_alias=_env("ASSISTANT_BRIDGE_CONFIG"))
+    store_path: str = Field("assistant-bridge.sqlite", validation_alias=_env("ASSISTANT_BRIDGE_STORE"))
+    host: str = Field("0.0.0.0", validation_alias=_env("HOST"))
+    port: int = Field(3000, ge=0, le=65535, validation_alias=_env("PORT"))
+    shutdown_grace: float = Field(30.0, ge=0, validation_alias=_env("ASSISTANT_BRIDGE_SHUTDOWN_GRACE"))
+    turn_timeout: float = Field(600.0, gt=0, validation_alias=_env("ASSISTANT_BRIDGE_TURN_TIMEOUT"))
+    tool_timeout: float = Field(30.0, gt=0, validation_alias=_env("ASSISTANT_BRIDGE_TOOL_TIMEOUT"))
+    max_tool_rounds: int = Field(8, ge=1, le=50, validation_alias=_env("ASSISTANT_BRIDGE_MAX_TOOL_ROUNDS"))
+    max_pending_per_thread: int = Field(20, ge=1, validation_alias=_env("ASSISTANT_BRIDGE_MAX_PENDING"))
+    max_concurrent_turns: int = Field(64, ge=1, validation_alias=_env("ASSISTANT_BRIDGE_MAX_CONCURRENT"))
+    dedupe_ttl: float = Field(3600.0, gt=0, validation_alias=_env("ASSISTANT_BRIDGE_DEDUPE_TTL"))
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+
+    @property
+    def slack_socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+    def missing_for_serve(self) -> list[MissingSetting]:
+        """Every setting ``serve`` needs that is not set, with where to get it."""
+        missing: list[MissingSetting] = []
+        if self.openai_api_key is None and self.azure_openai_endpoint is None:
+            missing.append(_MISSING["OPENAI_API_KEY"])
+        if self.slack_bot_token is None:
+            missing.append(_MISSING["SLACK_BOT_TOKEN"])
+        if self.slack_app_token is None and self.slack_signing_secret is None:
+            missing.append(_MISSING["SLACK_SIGNING_SECRET"])
+        return missing
+
+
+@dataclass(frozen=True)
+class MissingSetting:
+    variable: str
+    where: str
+
+
+_MISSING = {
+    m.variable: m
+    for m in (
+        MissingSetting(
+            "OPENAI_API_KEY",
+            "an API key from platform.openai.com/api-keys (or set AZURE_OPENAI_ENDPOINT and "
+            "AZURE_OPENAI_API_KEY for Azure OpenAI)",
+        ),
+        MissingSetting(
+            "SLACK_BOT_TOKEN",
+            "the xoxb- token under OAuth & Permissions of your Slack app (api.slack.com/apps), "
+            "after installing it to the workspace",
+        ),
+        MissingSetting(
+            "SLACK_SIGNING_SECRET",
+            "Basic Information > App Credentials > Signing Secret of your Slack app; or set "
+            "SLACK_APP_TOKEN (an xapp- token with connections:write) to use Socket Mode instead",
+        ),
+    )
+}

@@ -1,0 +1,61 @@
+"""Every sentence a user may see from the core, in one place."""
+
+from __future__ import annotations
+
+import math
+
+from core.events import Failure, FailureKind
+
+_FAILURES: dict[FailureKind, str] = {
+    FailureKind.RATE_LIMITED: "The assistant is getting too many requests right now.",
+    FailureKind.CONTEXT_TOO_LONG: (
+        "This conversation has grown too long for the assistant. Start a new thread to continue."
+    ),
+    FailureKind.CONTENT_FILTERED: "The assistant's content filter blocked this answer.",
+    FailureKind.INCOMPLETE_OUTPUT_LIMIT: "(The answer was cut short: it reached its length limit.)",
+    FailureKind.INCOMPLETE_OTHER: "(The answer was cut short before it was complete.)",
+    FailureKind.FAILED: "Sorry, the assistant could not answer this time. Please try again.",
+    FailureKind.UNAVAILABLE: "The assistant cannot be reached right now. Please try again in a minute.",
+    FailureKind.TIMEOUT: "The assistant took too long to answer. Please try again.",
+    FailureKind.TOO_MANY_TOOL_ROUNDS: (
+        "The assistant kept calling tools without reaching an answer, so I stopped it."
+    ),
+    FailureKind.QUEUE_FULL: "Too many messages are waiting in this thread; please wait for the answers.",
+    FailureKind.SHUTTING_DOWN: "The assistant is restarting. Please send your message again in a minute.",
+    FailureKind.MISCONFIGURED: "The assistant is not set up correctly. An admin has to check its settings.",
+}
+
+
+def failure_message(failure: Failure) -> str:
+    """The short sentence shown to the user for ``failure``."""
+    text = _FAILURES[failure.kind]
+    if failure.kind is FailureKind.RATE_LIMITED:
+        if failure.retry_after:
+            return f"{text} Please try again in {math.ceil(failure.retry_after)} seconds."
+        return f"{text} Please try again in a minute."
+    return text
+
+
+def tool_progress(tool: str, name: str | None = None) -> str:
+    """Status line while a tool runs."""
+    labels = {
+        "code_interpreter": "Running code…",
+        "file_search": "Searching files…",
+        "web_search": "Searching the web…",
+        "image_generation": "Drawing an image…",
+    }
+    if tool == "function":
+        return f"Calling {name}…"
+    return labels.get(tool, "Working…")
+
+
+THINKING = "Thinking…"
+EMPTY_ANSWER = "(The assistant returned an empty answer.)"
+SOURCES = "Sources"
+
+
+def upload_failed(filename: str) -> str:
+    return f"I could not attach {filename} here."
+
+
+HELLO = "Hi! Ask me anything in this thread and I will answer here."
