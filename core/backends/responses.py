@@ -61,24 +61,30 @@ class ResponsesBackend:
         for round_no in range(self._max_tool_rounds + 1):
             last_round = round_no == self._max_tool_rounds
             calls: list[Any] = []
+            failure: Failure | None = None
             try:
                 stream = await self._client.responses.create(
                     **self._request(conversation_id, items, profile, allow_tools=not last_round), stream=True
                 )
                 async with stream:
                     async for event in stream:
-                        outcome = _translate(event, calls)
-                        for out in outcome:
+                        for out in _translate(event, calls):
                             yield out
-                        if any(isinstance(out, Failure) for out in outcome):
-                            return
+                            if isinstance(out, Failure):
+                                failure = out
+                        if failure:
+                            break
             except openai.NotFoundError as exc:
                 if round_no == 0 and "onversation" in str(exc):
                     raise ConversationGone(conversation_id) from exc
-                yield failure_from_exception(exc)
-                return
+                failure = failure_from_exception(exc)
+                yield failure
             except openai.OpenAIError as exc:
-                yield failure_from_exception(exc)
+                failure = failure_from_exception(exc)
+                yield failure
+            if failure is not None:
+                if round_no > 0:
+                    await self._settle(conversation_id, items)
                 return
             if not calls:
                 return
@@ -93,9 +99,17 @@ class ResponsesBackend:
                 yield Progress(tool_progress("function", call.name), done=True)
             if last_round:
                 # The model ignored tool_choice="none"; answer the calls so the conversation stays usable.
-                await self._client.conversations.items.create(conversation_id, items=items)  # type: ignore[arg-type]
+                await self._settle(conversation_id, items)
                 yield Failure(FailureKind.TOO_MANY_TOOL_ROUNDS, f"rounds={round_no + 1}")
                 return
+
+    async def _settle(self, conversation_id: str, outputs: list[dict[str, Any]]) -> None:
+        """Store function outputs that no response took, so the conversation has no unanswered
+        call (which would make every later turn fail)."""
+        try:
+            await self._client.conversations.items.create(conversation_id, items=outputs)  # type: ignore[arg-type]
+        except openai.OpenAIError as exc:
+            log.warning("could not store tool outputs conversation=%s error=%s", conversation_id, exc)
 
     def _request(
         self, conversation_id: str, items: list[dict[str, Any]], profile: AssistantProfile, allow_tools: bool

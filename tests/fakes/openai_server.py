@@ -463,6 +463,9 @@ class FakeOpenAI:
             return problem
         added = [_stored(item) for item in _normalise_input(items)]
         self.conversations[conv_id].extend(added)
+        answered = {item.get("call_id") for item in added if item.get("type") == "function_call_output"}
+        self._open_calls -= answered
+        self._pending[conv_id] = [c for c in self._pending.get(conv_id, []) if c not in answered]
         return web.json_response({"object": "list", "data": added, "has_more": False,
                                   "first_id": added[0]["id"] if added else None,
                                   "last_id": added[-1]["id"] if added else None})

@@ -1,0 +1,218 @@
+"""The Responses backend through the core, with the real openai client against the fake server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+import pytest
+
+from core.backends.responses import ResponsesBackend
+from core.bridge import Bridge
+from core.conversation import ConversationKey
+from core.deliveries import RecentDeliveries
+from core.events import Citation, Done, FailureKind, Progress, Usage
+from core.messages import InboundMessage
+from core.profiles import ProfileSet
+from core.store import SqliteDictStore
+from core.turns import TurnRunner
+from tests.fakes.openai_server import ErrorEvent, Failed, FakeOpenAI, FunctionCalls, HttpError, Incomplete, Reply
+from tests.recording import RecordingReply
+
+KEY = ConversationKey("slack", "T1", "C1", "100.1")
+
+
+def make_bridge(fake: FakeOpenAI, profiles: ProfileSet, tmp_path: Path, *, retries: int = 0,
+                max_tool_rounds: int = 8) -> Bridge:
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=retries)
+    return Bridge(
+        profiles=profiles,
+        backends={"responses": ResponsesBackend(client, max_tool_rounds=max_tool_rounds)},
+        store=SqliteDictStore(tmp_path / "store.sqlite"),
+        deliveries=RecentDeliveries(),
+        runner=TurnRunner(),
+    )
+
+
+_ids = iter(range(10**6))
+
+
+async def ask(bridge: Bridge, text: str, key: ConversationKey = KEY) -> RecordingReply:
+    reply = RecordingReply()
+    message = InboundMessage(key=key, user_id="U1", text=text, delivery_ids=(f"id{next(_ids)}",))
+    await bridge.accept(message, reply)
+    return await reply.finished()
+
+
+@pytest.fixture
+async def core(fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path):
+    bridge = make_bridge(fake_openai, profiles, tmp_path)
+    yield bridge
+    await bridge.close()
+
+
+async def test_streamed_text_usage_and_done(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(Reply("Four words in total.", chunks=4, usage=(12, 4)))
+    reply = await ask(core, "hi")
+    assert reply.text == "Four words in total."
+    assert reply.of_type(Usage) == [Usage(12, 4)]
+    assert isinstance(reply.events[0], Progress)  # "Thinking…" before anything else
+    assert isinstance(reply.events[-1], Done) and len(reply.of_type(Done)) == 1
+    assert reply.failures == []
+
+
+async def test_function_tool_round_trip(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(FunctionCalls([("get_weather", {"city": "Oslo"})]), Reply("It is 21 °C in Oslo."))
+    reply = await ask(core, "weather in Oslo?")
+    assert reply.text == "It is 21 °C in Oslo."
+    second = fake_openai.requests[1]
+    [output] = second["input"]
+    assert output["type"] == "function_call_output"
+    assert json.loads(output["output"]) == {"city": "Oslo", "temperature": 21, "unit": "C"}
+    assert second["conversation"] == fake_openai.requests[0]["conversation"]
+    tools = {t["name"]: t for t in fake_openai.requests[0]["tools"]}
+    assert tools["get_weather"]["parameters"]["required"] == ["city"]
+    assert tools["get_weather"]["description"] == "Current weather for a city."
+    assert "Calling get_weather…" in [p.label for p in reply.of_type(Progress)]
+    assert reply.of_type(Usage) == [Usage(10, 5), Usage(10, 5)]
+
+
+async def test_parallel_calls_unknown_function_exception_and_timeout_become_error_outputs(
+    core: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.enqueue(
+        FunctionCalls([
+            ("get_weather", {"city": "A"}),
+            ("get_weather", {"city": "B"}),
+            ("no_such_function", {}),
+            ("broken_tool", {}),
+            ("slow_tool", {"seconds": 5}),
+            ("get_weather", {"wrong": 1}),
+        ]),
+        Reply("Done."),
+    )
+    reply = await ask(core, "do everything")
+    assert reply.text == "Done."
+    outputs = [json.loads(item["output"]) for item in fake_openai.requests[1]["input"]]
+    assert outputs[0]["city"] == "A" and outputs[1]["city"] == "B"
+    assert "unknown function" in outputs[2]["error"]
+    assert "database is down" in outputs[3]["error"]
+    assert "did not finish within 0.2 seconds" in outputs[4]["error"]
+    assert "failed" in outputs[5]["error"]
+    call_ids = [item["call_id"] for item in fake_openai.requests[1]["input"]]
+    assert len(set(call_ids)) == 6
+
+
+async def test_tool_rounds_are_bounded_and_last_round_forbids_tools(
+    fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path
+) -> None:
+    bridge = make_bridge(fake_openai, profiles, tmp_path, max_tool_rounds=2)
+    fake_openai.enqueue(*[FunctionCalls([("get_weather", {"city": "X"})]) for _ in range(3)])
+    reply = await ask(bridge, "loop forever")
+    assert [f.kind for f in reply.failures] == [FailureKind.TOO_MANY_TOOL_ROUNDS]
+    assert fake_openai.requests[2]["tool_choice"] == "none"
+    # Every call was answered, so the conversation is still usable.
+    followup = await ask(bridge, "still there?")
+    assert followup.text == "You said: still there?"
+    await bridge.close()
+
+
+async def test_rate_limit_then_success_honours_retry_after(
+    fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path
+) -> None:
+    bridge = make_bridge(fake_openai, profiles, tmp_path, retries=2)
+    fake_openai.enqueue(HttpError(429, headers={"retry-after-ms": "50"}), Reply("Made it."))
+    reply = await ask(bridge, "hi")
+    assert reply.text == "Made it." and reply.failures == []
+    assert fake_openai.count("POST", "/v1/responses") == 2
+    await bridge.close()
+
+
+async def test_rate_limit_exhausted_tells_user_when_to_retry(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(HttpError(429, headers={"retry-after": "20"}))
+    reply = await ask(core, "hi")
+    [failure] = reply.failures
+    assert failure.kind is FailureKind.RATE_LIMITED and failure.retry_after == 20
+    assert failure.user_message == (
+        "The assistant is getting too many requests right now. Please try again in 20 seconds."
+    )
+    assert "Rate limit reached" not in failure.user_message
+
+
+@pytest.mark.parametrize(
+    ("plan", "kind"),
+    [
+        (Failed("server_error", "boom"), FailureKind.FAILED),
+        (Failed("rate_limit_exceeded", "slow down"), FailureKind.RATE_LIMITED),
+        (ErrorEvent("server_error", "broken"), FailureKind.FAILED),
+        (Incomplete("max_output_tokens", "Partial"), FailureKind.INCOMPLETE_OUTPUT_LIMIT),
+        (Incomplete("content_filter", "Par"), FailureKind.CONTENT_FILTERED),
+        (HttpError(400, "context_length_exceeded", "too long", "invalid_request_error"), FailureKind.CONTEXT_TOO_LONG),
+        (HttpError(500, "server_error", "oops", "server_error"), FailureKind.UNAVAILABLE),
+        (HttpError(401, "invalid_api_key", "bad key", "invalid_request_error"), FailureKind.MISCONFIGURED),
+    ],
+)
+async def test_backend_failures_end_in_one_clear_failure(core: Bridge, fake_openai: FakeOpenAI, plan, kind) -> None:
+    fake_openai.enqueue(plan)
+    reply = await ask(core, "hi")
+    assert [f.kind for f in reply.failures] == [kind]
+    assert len(reply.of_type(Done)) == 1
+    # The thread keeps working after a failure.
+    assert (await ask(core, "again")).text == "You said: again"
+
+
+async def test_incomplete_answer_keeps_partial_text(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(Incomplete("max_output_tokens", "The first half"))
+    reply = await ask(core, "long story")
+    assert reply.text == "The first half"
+    assert reply.failures[0].user_message.startswith("(The answer was cut short")
+
+
+async def test_citations_become_events(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(Reply("See the docs.", annotations=[
+        {"type": "url_citation", "url": "https://example.com/a", "title": "Docs", "start_index": 0, "end_index": 3},
+    ]))
+    reply = await ask(core, "cite")
+    assert reply.of_type(Citation) == [Citation(title="Docs", url="https://example.com/a")]
+
+
+async def test_hosted_tool_progress(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(Reply("ok", tool_progress=["code_interpreter", "file_search"]))
+    reply = await ask(core, "analyse")
+    labels = [(p.label, p.done) for p in reply.of_type(Progress)]
+    assert ("Running code…", False) in labels and ("Running code…", True) in labels
+    assert ("Searching files…", False) in labels
+
+
+async def test_conversation_unknown_to_backend_starts_a_new_one(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    await ask(core, "first")
+    fake_openai.conversations.clear()  # the backend lost it (deleted, or another project's key)
+    reply = await ask(core, "second")
+    assert reply.text == "You said: second"
+    assert fake_openai.count("POST", "/v1/conversations") == 2
+
+
+async def test_restart_keeps_the_mapping(fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path) -> None:
+    bridge = make_bridge(fake_openai, profiles, tmp_path)
+    await ask(bridge, "before restart")
+    await bridge.close()
+    restarted = make_bridge(fake_openai, profiles, tmp_path)
+    await ask(restarted, "after restart")
+    await restarted.close()
+    assert fake_openai.count("POST", "/v1/conversations") == 1
+    assert len({r["conversation"] for r in fake_openai.requests}) == 1
+
+
+async def test_conversation_create_failure_is_reported(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    await fake_openai.close()
+    reply = await ask(core, "anyone there?")
+    assert [f.kind for f in reply.failures] == [FailureKind.UNAVAILABLE]
+
+
+async def test_failure_after_tool_calls_leaves_the_conversation_usable(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.enqueue(FunctionCalls([("get_weather", {"city": "Rome"})]), HttpError(500, "server_error", "down", "server_error"))
+    reply = await ask(core, "weather?")
+    assert [f.kind for f in reply.failures] == [FailureKind.UNAVAILABLE]
+    followup = await ask(core, "try again")
+    assert followup.text == "You said: try again" and followup.failures == []
