@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from slack_sdk.errors import SlackApiError
 
-from bots.slack.text import MESSAGE_LIMIT, neutralise, safe_prefix, split_point
+from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix, split_point
 from core import wording
 from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Progress, TextDelta
 
@@ -135,13 +135,18 @@ class SlackReply:
         async with self._lock:
             while self._pending:
                 room = MESSAGE_LIMIT - len(self._message.text)
-                if len(self._pending) <= room:
+                if len(self._pending) <= room - (0 if final else SOFT_MARGIN):
                     part, self._pending = self._pending, ""
                     await self._send(part)
                     break
-                cut = split_point(self._pending, room) if room > 500 else 0
-                part, self._pending = self._pending[:cut], self._pending[cut:]
-                if part:
+                # Near the limit: end this message at a break and go on in a new one.
+                cut = split_point(self._pending, min(room, len(self._pending)))
+                if cut == 0:
+                    if len(self._pending) < room and not final:
+                        break  # wait for a break in the text still to come
+                    cut = 0 if self._message.text else room
+                if cut:
+                    part, self._pending = self._pending[:cut], self._pending[cut:]
                     await self._send(part)
                 await self._close_message()
             if final:

@@ -7,6 +7,8 @@ import re
 # Markdown text per chat.postMessage/update/appendStream call is capped at 12,000 characters;
 # we keep a margin for the footnotes and failure notes appended at the end.
 MESSAGE_LIMIT = 11_000
+# Within this many characters of the limit, a message ends at the next paragraph or line break.
+SOFT_MARGIN = 2_000
 
 _BROADCAST = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
 _PARTIAL_BROADCAST = re.compile(r"@[A-Za-z]{0,8}$")
@@ -29,11 +31,10 @@ def safe_prefix(text: str) -> int:
 
 
 def split_point(text: str, limit: int) -> int:
-    """Where to cut ``text`` so the first part fits ``limit``: a paragraph, line or word boundary."""
-    if len(text) <= limit:
-        return len(text)
+    """The best place to end a message within ``text[:limit]``: after the last paragraph break,
+    else line break, else space. 0 when there is none."""
     for separator in ("\n\n", "\n", " "):
-        cut = text.rfind(separator, limit // 2, limit)
+        cut = text.rfind(separator, 0, limit)
         if cut > 0:
             return cut + len(separator)
-    return limit
+    return 0
