@@ -145,3 +145,17 @@ async def test_bare_mention_gets_a_greeting_without_a_backend_call(bridge: Runni
     await bridge.post_event(event)
     await bridge.slack.wait_for(lambda: bool(bridge.slack.messages("C1", event["ts"])))
     assert bridge.openai.requests == []
+
+
+async def test_socket_mode_first_delivery_with_retry_num_zero_is_answered(bridge: RunningBridge) -> None:
+    """Bolt sets X-Slack-Retry-Num: 0 on every Socket Mode delivery; it is not a retry."""
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    from tests.slack_events import encode, event_callback
+
+    event = mention("over the socket")
+    request = AsyncBoltRequest(body=encode(event_callback(event)).decode(), mode="socket_mode",
+                               headers={"X-Slack-Retry-Num": "0"})
+    response = await bridge.service.slack.app.async_dispatch(request)
+    assert response.status == 200
+    assert await bridge.wait_answers("C1", event["ts"]) == ["You said: over the socket"]

@@ -343,6 +343,7 @@ class FakeOpenAI:
         """Bind 127.0.0.1 on a free port and serve."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{id}", self._model)
         app.router.add_post("/v1/conversations", self._create_conversation)
         app.router.add_get("/v1/conversations/{id}", self._get_conversation)
         app.router.add_get("/v1/conversations/{id}/items", self._list_items)
@@ -395,6 +396,15 @@ class FakeOpenAI:
         return await handler(request)
 
     # ---- models and conversations ---------------------------------------------------
+
+    async def _model(self, request: web.Request) -> web.Response:
+        """GET /v1/models/{id}: gpt-test exists, anything else is 404 model_not_found."""
+        model_id = request.match_info["id"]
+        if model_id != "gpt-test":
+            return web.json_response({"error": {"message": f"The model '{model_id}' does not exist",
+                                                "type": "invalid_request_error", "param": "model",
+                                                "code": "model_not_found"}}, status=404)
+        return web.json_response({"id": model_id, "object": "model", "created": 0, "owned_by": "fake"})
 
     async def _models(self, request: web.Request) -> web.Response:
         """GET /v1/models: one model, gpt-test."""
