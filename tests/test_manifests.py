@@ -1,0 +1,32 @@
+"""The Slack manifests declare what the code uses, in the shape Slack accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests" / "slack"
+
+
+@pytest.mark.parametrize(("name", "socket_mode"), [("manifest.yaml", True), ("manifest-http.yaml", False)])
+def test_slack_manifest(name: str, socket_mode: bool) -> None:
+    manifest = yaml.safe_load((MANIFESTS / name).read_text())
+    features = manifest["features"]
+    assert "agent_view" in features and "assistant_view" not in features  # new apps must use agent_view
+    assert len(features["agent_view"]["agent_description"]) <= 300
+    assert len(features["agent_view"]["suggested_prompts"]) <= 4
+    assert len(manifest["display_information"]["name"]) <= 35
+    assert features["app_home"]["messages_tab_enabled"] is True
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    # app_mention, DMs and thread follow-ups; chat.*Stream/postMessage/update; setStatus; uploads
+    assert {"app_mentions:read", "im:history", "channels:history", "groups:history", "mpim:history",
+            "chat:write", "assistant:write", "files:write"} <= scopes
+    settings = manifest["settings"]
+    assert {"app_mention", "message.im", "message.channels", "message.groups", "message.mpim"} == set(
+        settings["event_subscriptions"]["bot_events"]
+    )
+    assert settings["socket_mode_enabled"] is socket_mode
+    if not socket_mode:
+        assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
