@@ -67,8 +67,9 @@ def has_text(call: Call) -> bool:
 
 
 class Bench:
-    def __init__(self, http: aiohttp.ClientSession, url: str, openai: FakeOpenAI, slack: FakeSlack,
-                 timeout: float) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, openai: FakeOpenAI, slack: FakeSlack, timeout: float
+    ) -> None:
         self.http, self.url, self.openai, self.slack, self.timeout = http, url, openai, slack, timeout
 
     def answered(self, channel: str, thread_ts: str) -> bool:
@@ -93,8 +94,12 @@ class Bench:
         while time.perf_counter() < deadline:
             calls = self.slack.calls
             for call in calls[index:]:
-                if (call.method in TEXT_METHODS and call.args.get("channel") == channel
-                        and call.args.get("thread_ts") == thread_ts and has_text(call)):
+                if (
+                    call.method in TEXT_METHODS
+                    and call.args.get("channel") == channel
+                    and call.args.get("thread_ts") == thread_ts
+                    and has_text(call)
+                ):
                     return time.perf_counter()
             index = len(calls)
             await asyncio.sleep(POLL)
@@ -147,8 +152,11 @@ class Bench:
                 raise TimeoutError(f"{len(pending)} of {threads} answers unfinished after {self.timeout}s")
             await asyncio.sleep(POLL)
         await posting
-        wrong = [c for c, ts in ((e["channel"], e["ts"]) for e in events)
-                 if self.slack.messages(c, ts)[-1].text != REPLY_TEXT]
+        wrong = [
+            c
+            for c, ts in ((e["channel"], e["ts"]) for e in events)
+            if self.slack.messages(c, ts)[-1].text != REPLY_TEXT
+        ]
         if wrong:
             raise RuntimeError(f"{len(wrong)} answers differ from the backend's text, e.g. in {wrong[0]}")
         return max(done.values()), list(done.values())
@@ -169,10 +177,18 @@ async def run(args: argparse.Namespace) -> list[Row]:
         slack.delay = args.slack_delay
         with tempfile.TemporaryDirectory(prefix="slack-bench-") as tmp:
             options: dict[str, Any] = dict(  # as the tests' `settings` fixture, plus the turn limit
-                _env_file=None, openai_api_key="sk-test", openai_base_url=openai.base_url,
-                openai_max_retries=0, slack_bot_token="xoxb-test", slack_api_url=slack.base_url,
-                slack_signing_secret=slack_events.SIGNING_SECRET, store_path=str(Path(tmp) / "store.sqlite"),
-                host="127.0.0.1", port=0, shutdown_grace=5, max_concurrent_turns=args.threads,
+                _env_file=None,
+                openai_api_key="sk-test",
+                openai_base_url=openai.base_url,
+                openai_max_retries=0,
+                slack_bot_token="xoxb-test",
+                slack_api_url=slack.base_url,
+                slack_signing_secret=slack_events.SIGNING_SECRET,
+                store_path=str(Path(tmp) / "store.sqlite"),
+                host="127.0.0.1",
+                port=0,
+                shutdown_grace=5,
+                max_concurrent_turns=args.threads,
                 log_level="WARNING",
             )
             settings = Settings(**options)
@@ -204,8 +220,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
         Row("(c) burst wall time", "ms", elapsed * 1000),
     ]
     turns = args.threads
-    backend = Counter(f"{m} {re.sub(r'/(conv|resp|msg)_[0-9a-f]+', '/{id}', p)}"
-                      for m, p in openai.calls[backend_start:])
+    backend = Counter(
+        f"{m} {re.sub(r'/(conv|resp|msg)_[0-9a-f]+', '/{id}', p)}" for m, p in openai.calls[backend_start:]
+    )
     for name, count in sorted(backend.items()):
         rows.append(Row(f"(d) backend {name}", "calls/turn", count / turns))
     rows.append(Row("(d) backend calls, all", "calls/turn", sum(backend.values()) / turns))
@@ -244,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     rows = asyncio.run(run(args))
     print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.platform()}")
-    print(f"parameters: first_token_delay={args.first_token_delay:g}s threads={args.threads} "
-          f"turns={args.turns} slack_delay={args.slack_delay:g}s "
-          f"reply={len(REPLY_TEXT)} chars in {REPLY_CHUNKS} chunks")
-    print(f"bridge: max_concurrent_turns={args.threads} (= threads, so (c) measures the bridge, not its "
-          f"limit); 1 warm-up turn not counted; arrivals seen by polling every {POLL * 1000:g} ms")
+    print(
+        f"parameters: first_token_delay={args.first_token_delay:g}s threads={args.threads} "
+        f"turns={args.turns} slack_delay={args.slack_delay:g}s "
+        f"reply={len(REPLY_TEXT)} chars in {REPLY_CHUNKS} chunks"
+    )
+    print(
+        f"bridge: max_concurrent_turns={args.threads} (= threads, so (c) measures the bridge, not its "
+        f"limit); 1 warm-up turn not counted; arrivals seen by polling every {POLL * 1000:g} ms"
+    )
     print(table(rows))
     return 0
 

@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the bot: Slack events and /healthz on one HTTP server")
     serve.add_argument("--port", type=int, help="HTTP port (default: $PORT or 3000)")
-    serve.add_argument("--config", help="assistant profiles file (default: $ASSISTANT_BRIDGE_CONFIG or assistants.toml)")
+    serve.add_argument(
+        "--config", help="assistant profiles file (default: $ASSISTANT_BRIDGE_CONFIG or assistants.toml)"
+    )
     check = sub.add_parser("check", help="validate the configuration and reach each configured service")
     check.add_argument("--config", help="assistant profiles file")
     args = parser.parse_args(argv)
@@ -89,7 +91,9 @@ async def _check(settings: Settings) -> int:
     profiles = _load(settings)
     if profiles is None:
         return 1
-    print(f"config ok: {settings.config_path}: {', '.join(profiles.profiles)} (default {profiles.default_name})")
+    print(
+        f"config ok: {settings.config_path}: {', '.join(profiles.profiles)} (default {profiles.default_name})"
+    )
     if settings.slack_bot_token is not None:
         client = build_web_client(settings)
         try:

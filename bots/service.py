@@ -79,8 +79,7 @@ class Service:
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
         self.bound_port = self.port(runner)
-        if self.settings.slack_socket_mode:
-            await self.slack.start_socket_mode()
+        await self.slack.start()
         log.info(
             "serving host=%s port=%s slack=%s",
             self.settings.host,
@@ -92,12 +91,13 @@ class Service:
         await stop.wait()
         log.info("shutting down: no new events; grace=%ss", self.settings.shutdown_grace)
         self.draining = True
-        await self.slack.stop_socket_mode()
+        await self.slack.stop()
         await site.stop()
         cancelled = await self.bridge.drain(self.settings.shutdown_grace)
         if cancelled:
             log.warning("shutdown cancelled %d unfinished turns after the grace period", cancelled)
         await runner.cleanup()
+        await self.slack.close()
         await self.bridge.close()
         log.info("stopped")
 

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from core import wording
 from core.backend import Backend, TurnInput
 from core.conversation import ConversationKey
 from core.deliveries import DeliveryLog
 from core.errors import BackendFailed, ConversationGone
-from core import wording
 from core.events import Done, Event, Failure, FailureKind, Progress, TextDelta, Usage
 from core.messages import InboundMessage, Reply
 from core.profiles import AssistantProfile, ProfileSet
@@ -100,11 +100,15 @@ class Bridge:
                         stats.output_tokens += event.output_tokens
                     elif isinstance(event, Failure):
                         stats.failure = event.kind
-                        log.warning("turn failure key=%s kind=%s %s", message.key, event.kind.value, event.detail)
+                        log.warning(
+                            "turn failure key=%s kind=%s %s", message.key, event.kind.value, event.detail
+                        )
                     await _emit(reply, event)
         except BackendFailed as exc:
             stats.failure = exc.failure.kind
-            log.warning("turn failure key=%s kind=%s %s", message.key, exc.failure.kind.value, exc.failure.detail)
+            log.warning(
+                "turn failure key=%s kind=%s %s", message.key, exc.failure.kind.value, exc.failure.detail
+            )
             await _emit(reply, exc.failure)
         except TimeoutError:
             stats.failure = FailureKind.TIMEOUT
@@ -127,7 +131,9 @@ class Bridge:
             async for event in backend.run_turn(state.conversation_id, turn, profile):
                 yield event
         except ConversationGone:
-            log.warning("conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id)
+            log.warning(
+                "conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id
+            )
             state = await self._open(message.key, profile, backend)
             async for event in backend.run_turn(state.conversation_id, turn, profile):
                 yield event

@@ -131,7 +131,9 @@ def load_profiles(path: str | Path, *, tool_timeout: float = 30.0) -> ProfileSet
     return parse_profiles(raw, source=source, tool_timeout=tool_timeout)
 
 
-def parse_profiles(raw: dict[str, Any], *, source: str = "<config>", tool_timeout: float = 30.0) -> ProfileSet:
+def parse_profiles(
+    raw: dict[str, Any], *, source: str = "<config>", tool_timeout: float = 30.0
+) -> ProfileSet:
     try:
         spec = _FileSpec.model_validate(raw)
     except ValidationError as exc:
@@ -139,9 +141,7 @@ def parse_profiles(raw: dict[str, Any], *, source: str = "<config>", tool_timeou
         key = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part))
         raise ConfigError(source, key or "(top level)", first["msg"]) from None
     if spec.default not in spec.assistants:
-        raise ConfigError(
-            source, "default", f"names {spec.default!r}, which is not one of [assistants.*]"
-        )
+        raise ConfigError(source, "default", f"names {spec.default!r}, which is not one of [assistants.*]")
     profiles = {
         name: _build_profile(name, profile, source, tool_timeout) for name, profile in spec.assistants.items()
     }
@@ -193,7 +193,7 @@ def _build_function(spec: FunctionSpec, key: str, source: str, tool_timeout: flo
             raise ConfigError(
                 source, f"{key}.parameters", f"cannot derive a schema from the signature ({exc}); declare it"
             ) from None
-    name = spec.name or getattr(function, "__name__", "")
+    name = str(spec.name or getattr(function, "__name__", ""))
     if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name):
         raise ConfigError(source, f"{key}.name", f"{name!r} is not a valid function name; set name")
     return FunctionTool(

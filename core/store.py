@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlitedict import SqliteDict  # type: ignore[import-untyped]
+from sqlitedict import SqliteDict
 
 from core.conversation import ConversationKey
 

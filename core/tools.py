@@ -104,7 +104,7 @@ def schema_from_signature(function: Callable[..., Any]) -> dict[str, Any]:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (annotation, default)
     model = create_model(f"{function.__name__}_args", **fields)
-    schema = model.model_json_schema()
+    schema: dict[str, Any] = model.model_json_schema()
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)

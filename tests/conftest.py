@@ -43,7 +43,9 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def fake_slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(bot_token="xoxb-test", team_id=slack_events.TEAM, bot_user_id=slack_events.BOT_USER) as fake:
+    async with FakeSlack(
+        bot_token="xoxb-test", team_id=slack_events.TEAM, bot_user_id=slack_events.BOT_USER
+    ) as fake:
         yield fake
 
 
@@ -82,8 +84,9 @@ class RunningBridge:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.service.bound_port}"
 
-    async def post_event(self, event: dict[str, Any], *, event_id: str | None = None,
-                         headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+    async def post_event(
+        self, event: dict[str, Any], *, event_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         body = slack_events.encode(slack_events.event_callback(event, event_id))
         all_headers = slack_events.signed_headers(body)
         all_headers.update(headers or {})
@@ -94,12 +97,16 @@ class RunningBridge:
     def answers(self, channel: str, thread_ts: str) -> list[str]:
         return [m.text for m in self.slack.messages(channel, thread_ts) if m.stopped]
 
-    async def wait_answers(self, channel: str, thread_ts: str, count: int = 1, timeout: float = 5.0) -> list[str]:
+    async def wait_answers(
+        self, channel: str, thread_ts: str, count: int = 1, timeout: float = 5.0
+    ) -> list[str]:
         await self.slack.wait_for(lambda: len(self.answers(channel, thread_ts)) >= count, timeout)
         return self.answers(channel, thread_ts)
 
 
-async def start_bridge(settings: Settings, profiles: ProfileSet) -> tuple[Service, asyncio.Event, asyncio.Task[None]]:
+async def start_bridge(
+    settings: Settings, profiles: ProfileSet
+) -> tuple[Service, asyncio.Event, asyncio.Task[None]]:
     service = Service.create(settings, profiles)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(service.run(stop, ready))
@@ -108,8 +115,9 @@ async def start_bridge(settings: Settings, profiles: ProfileSet) -> tuple[Servic
 
 
 @pytest.fixture
-async def bridge(settings: Settings, profiles: ProfileSet, fake_slack: FakeSlack,
-                 fake_openai: FakeOpenAI) -> AsyncIterator[RunningBridge]:
+async def bridge(
+    settings: Settings, profiles: ProfileSet, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+) -> AsyncIterator[RunningBridge]:
     service, stop, task = await start_bridge(settings, profiles)
     async with aiohttp.ClientSession() as http:
         yield RunningBridge(service, http, fake_slack, fake_openai)

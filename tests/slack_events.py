@@ -33,21 +33,46 @@ def event_callback(event: dict[str, Any], event_id: str | None = None) -> dict[s
     }
 
 
-def mention(text: str, *, channel: str = "C1", ts: str | None = None, thread_ts: str | None = None,
-            user: str = "U1") -> dict[str, Any]:
+def mention(
+    text: str, *, channel: str = "C1", ts: str | None = None, thread_ts: str | None = None, user: str = "U1"
+) -> dict[str, Any]:
     ts = ts or next_ts()
-    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}", "ts": ts,
-             "channel": channel, "event_ts": ts, "team": TEAM}
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@{BOT_USER}> {text}",
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+        "team": TEAM,
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
 
 
-def message(text: str, *, channel: str = "C1", channel_type: str = "channel", ts: str | None = None,
-            thread_ts: str | None = None, user: str = "U1", **extra: Any) -> dict[str, Any]:
+def message(
+    text: str,
+    *,
+    channel: str = "C1",
+    channel_type: str = "channel",
+    ts: str | None = None,
+    thread_ts: str | None = None,
+    user: str = "U1",
+    **extra: Any,
+) -> dict[str, Any]:
     ts = ts or next_ts()
-    event = {"type": "message", "user": user, "text": text, "ts": ts, "channel": channel,
-             "event_ts": ts, "channel_type": channel_type, "team": TEAM, **extra}
+    event = {
+        "type": "message",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+        "channel_type": channel_type,
+        "team": TEAM,
+        **extra,
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event

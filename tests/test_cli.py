@@ -28,8 +28,14 @@ def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 async def run_cli(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", *args, cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bots.cli",
+        *args,
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None
@@ -67,10 +73,18 @@ async def test_settings_can_come_from_a_dotenv_file(tmp_path: Path) -> None:
     assert "missing SLACK_SIGNING_SECRET" in err and "missing OPENAI_API_KEY" not in err
 
 
-async def test_check_reaches_slack_and_the_backend(tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack) -> None:
+async def test_check_reaches_slack_and_the_backend(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
+) -> None:
     (tmp_path / "assistants.toml").write_text(CONFIG)
-    env = base_env(tmp_path, OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=fake_openai.base_url,
-                   SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s", SLACK_API_URL=fake_slack.base_url)
+    env = base_env(
+        tmp_path,
+        OPENAI_API_KEY="sk-x",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        SLACK_BOT_TOKEN="xoxb-test",
+        SLACK_SIGNING_SECRET="s",
+        SLACK_API_URL=fake_slack.base_url,
+    )
     code, out, err = await run_cli(tmp_path, "check", env=env)
     assert code == 0, err
     assert "slack ok" in out and "backend ok: general" in out and "all checks passed" in out
@@ -85,12 +99,27 @@ async def test_sigterm_lets_the_running_turn_finish_then_exits(
 ) -> None:
     (tmp_path / "assistants.toml").write_text(CONFIG)
     port = free_port()
-    env = base_env(tmp_path, OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=fake_openai.base_url,
-                   SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=slack_events.SIGNING_SECRET,
-                   SLACK_API_URL=fake_slack.base_url, HOST="127.0.0.1", ASSISTANT_BRIDGE_SHUTDOWN_GRACE="10")
+    env = base_env(
+        tmp_path,
+        OPENAI_API_KEY="sk-x",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        SLACK_BOT_TOKEN="xoxb-test",
+        SLACK_SIGNING_SECRET=slack_events.SIGNING_SECRET,
+        SLACK_API_URL=fake_slack.base_url,
+        HOST="127.0.0.1",
+        ASSISTANT_BRIDGE_SHUTDOWN_GRACE="10",
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", "serve", "--port", str(port), cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bots.cli",
+        "serve",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -105,7 +134,9 @@ async def test_sigterm_lets_the_running_turn_finish_then_exits(
             fake_openai.first_token_delay = 1.0
             event = slack_events.mention("a slow question")
             body = slack_events.encode(slack_events.event_callback(event))
-            async with http.post(f"{url}/slack/events", data=body, headers=slack_events.signed_headers(body)) as r:
+            async with http.post(
+                f"{url}/slack/events", data=body, headers=slack_events.signed_headers(body)
+            ) as r:
                 assert r.status == 200
             await fake_slack.wait_for(lambda: len(fake_openai.requests) == 1)
             process.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ async def test_turns_in_one_conversation_run_one_at_a_time_in_order() -> None:
             await asyncio.sleep(0.01)
             log.append(f"end {name}")
             running -= 1
+
         return run
 
     admissions = [runner.submit(key(1), job(n)) for n in "abc"]

@@ -21,8 +21,16 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
     assert features["app_home"]["messages_tab_enabled"] is True
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     # app_mention, DMs and thread follow-ups; chat.*Stream/postMessage/update; setStatus; uploads
-    assert {"app_mentions:read", "im:history", "channels:history", "groups:history", "mpim:history",
-            "chat:write", "assistant:write", "files:write"} <= scopes
+    assert {
+        "app_mentions:read",
+        "im:history",
+        "channels:history",
+        "groups:history",
+        "mpim:history",
+        "chat:write",
+        "assistant:write",
+        "files:write",
+    } <= scopes
     settings = manifest["settings"]
     assert {"app_mention", "message.im", "message.channels", "message.groups", "message.mpim"} == set(
         settings["event_subscriptions"]["bot_events"]

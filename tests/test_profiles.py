@@ -9,7 +9,7 @@ import pytest
 from core.errors import ConfigError
 from core.profiles import load_profiles
 
-GOOD = '''
+GOOD = """
 default = "general"
 
 [assistants.general]
@@ -40,7 +40,7 @@ timeout = 3
 
 [assistants.analyst]
 model = "gpt-4.1"
-'''
+"""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -53,7 +53,10 @@ def test_good_file_loads(tmp_path: Path) -> None:
     profiles = load_profiles(write(tmp_path, GOOD))
     general = profiles.default
     assert general.name == "general" and profiles.get("analyst") is not None
-    assert general.hosted_tools == ({"type": "code_interpreter"}, {"type": "file_search", "vector_store_ids": ["vs_1"]})
+    assert general.hosted_tools == (
+        {"type": "code_interpreter"},
+        {"type": "file_search", "vector_store_ids": ["vs_1"]},
+    )
     weather = general.functions["get_weather"]
     assert weather.parameters["properties"]["unit"] == {"default": "C", "enum": ["C", "F"], "type": "string"}
     assert weather.parameters["required"] == ["city"]
@@ -69,18 +72,47 @@ def test_shipped_example_config_is_valid() -> None:
     ("text", "key", "reason"),
     [
         ('default = "x"\n[assistants.general]\nmodel = "m"\n', "default", "not one of"),
-        ('default = "g"\n[assistants.g]\ninstructions = "no model"\n', "assistants.g.model", "Field required"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ntemperature = 5\n', "assistants.g.temperature", "less than or equal"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ncolour = "red"\n', "assistants.g.colour", "Extra inputs"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "teleport"}]\n', "assistants.g.tools.0", "tag"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "file_search"}]\n',
-         "assistants.g.tools.0.vector_store_ids", "Field required"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "function", function = "nope.nothing:f"}]\n',
-         "assistants.g.tools.0.function", "cannot import module"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "function", function = "tests.tools"}]\n',
-         "assistants.g.tools.0.function", "expected 'module:function'"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "function", function = "tests.tools:get_weather"},'
-         '{type = "function", function = "tests.tools:get_weather"}]\n', "assistants.g.tools.1", "used twice"),
+        (
+            'default = "g"\n[assistants.g]\ninstructions = "no model"\n',
+            "assistants.g.model",
+            "Field required",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ntemperature = 5\n',
+            "assistants.g.temperature",
+            "less than or equal",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ncolour = "red"\n',
+            "assistants.g.colour",
+            "Extra inputs",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "teleport"}]\n',
+            "assistants.g.tools.0",
+            "tag",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "file_search"}]\n',
+            "assistants.g.tools.0.vector_store_ids",
+            "Field required",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "function", function = "nope.nothing:f"}]\n',
+            "assistants.g.tools.0.function",
+            "cannot import module",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "function", function = "tests.tools"}]\n',
+            "assistants.g.tools.0.function",
+            "expected 'module:function'",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\ntools = [{type = "function", function = "tests.tools:get_weather"},'
+            '{type = "function", function = "tests.tools:get_weather"}]\n',
+            "assistants.g.tools.1",
+            "used twice",
+        ),
         ('default = "G"\n[assistants.G]\nmodel = "m"\n', "assistants.G", "names use"),
         ('default = "g"\n[assistants.g\nmodel = "m"\n', "", "not valid TOML"),
     ],

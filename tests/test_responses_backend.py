@@ -17,14 +17,23 @@ from core.messages import InboundMessage
 from core.profiles import ProfileSet
 from core.store import SqliteDictStore
 from core.turns import TurnRunner
-from tests.fakes.openai_server import ErrorEvent, Failed, FakeOpenAI, FunctionCalls, HttpError, Incomplete, Reply
+from tests.fakes.openai_server import (
+    ErrorEvent,
+    Failed,
+    FakeOpenAI,
+    FunctionCalls,
+    HttpError,
+    Incomplete,
+    Reply,
+)
 from tests.recording import RecordingReply
 
 KEY = ConversationKey("slack", "T1", "C1", "100.1")
 
 
-def make_bridge(fake: FakeOpenAI, profiles: ProfileSet, tmp_path: Path, *, retries: int = 0,
-                max_tool_rounds: int = 8) -> Bridge:
+def make_bridge(
+    fake: FakeOpenAI, profiles: ProfileSet, tmp_path: Path, *, retries: int = 0, max_tool_rounds: int = 8
+) -> Bridge:
     client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=retries)
     return Bridge(
         profiles=profiles,
@@ -82,14 +91,16 @@ async def test_parallel_calls_unknown_function_exception_and_timeout_become_erro
     core: Bridge, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.enqueue(
-        FunctionCalls([
-            ("get_weather", {"city": "A"}),
-            ("get_weather", {"city": "B"}),
-            ("no_such_function", {}),
-            ("broken_tool", {}),
-            ("slow_tool", {"seconds": 5}),
-            ("get_weather", {"wrong": 1}),
-        ]),
+        FunctionCalls(
+            [
+                ("get_weather", {"city": "A"}),
+                ("get_weather", {"city": "B"}),
+                ("no_such_function", {}),
+                ("broken_tool", {}),
+                ("slow_tool", {"seconds": 5}),
+                ("get_weather", {"wrong": 1}),
+            ]
+        ),
         Reply("Done."),
     )
     reply = await ask(core, "do everything")
@@ -148,12 +159,17 @@ async def test_rate_limit_exhausted_tells_user_when_to_retry(core: Bridge, fake_
         (ErrorEvent("server_error", "broken"), FailureKind.FAILED),
         (Incomplete("max_output_tokens", "Partial"), FailureKind.INCOMPLETE_OUTPUT_LIMIT),
         (Incomplete("content_filter", "Par"), FailureKind.CONTENT_FILTERED),
-        (HttpError(400, "context_length_exceeded", "too long", "invalid_request_error"), FailureKind.CONTEXT_TOO_LONG),
+        (
+            HttpError(400, "context_length_exceeded", "too long", "invalid_request_error"),
+            FailureKind.CONTEXT_TOO_LONG,
+        ),
         (HttpError(500, "server_error", "oops", "server_error"), FailureKind.UNAVAILABLE),
         (HttpError(401, "invalid_api_key", "bad key", "invalid_request_error"), FailureKind.MISCONFIGURED),
     ],
 )
-async def test_backend_failures_end_in_one_clear_failure(core: Bridge, fake_openai: FakeOpenAI, plan, kind) -> None:
+async def test_backend_failures_end_in_one_clear_failure(
+    core: Bridge, fake_openai: FakeOpenAI, plan, kind
+) -> None:
     fake_openai.enqueue(plan)
     reply = await ask(core, "hi")
     assert [f.kind for f in reply.failures] == [kind]
@@ -170,9 +186,20 @@ async def test_incomplete_answer_keeps_partial_text(core: Bridge, fake_openai: F
 
 
 async def test_citations_become_events(core: Bridge, fake_openai: FakeOpenAI) -> None:
-    fake_openai.enqueue(Reply("See the docs.", annotations=[
-        {"type": "url_citation", "url": "https://example.com/a", "title": "Docs", "start_index": 0, "end_index": 3},
-    ]))
+    fake_openai.enqueue(
+        Reply(
+            "See the docs.",
+            annotations=[
+                {
+                    "type": "url_citation",
+                    "url": "https://example.com/a",
+                    "title": "Docs",
+                    "start_index": 0,
+                    "end_index": 3,
+                },
+            ],
+        )
+    )
     reply = await ask(core, "cite")
     assert reply.of_type(Citation) == [Citation(title="Docs", url="https://example.com/a")]
 
@@ -185,7 +212,9 @@ async def test_hosted_tool_progress(core: Bridge, fake_openai: FakeOpenAI) -> No
     assert ("Searching files…", False) in labels
 
 
-async def test_conversation_unknown_to_backend_starts_a_new_one(core: Bridge, fake_openai: FakeOpenAI) -> None:
+async def test_conversation_unknown_to_backend_starts_a_new_one(
+    core: Bridge, fake_openai: FakeOpenAI
+) -> None:
     await ask(core, "first")
     fake_openai.conversations.clear()  # the backend lost it (deleted, or another project's key)
     reply = await ask(core, "second")
@@ -193,7 +222,9 @@ async def test_conversation_unknown_to_backend_starts_a_new_one(core: Bridge, fa
     assert fake_openai.count("POST", "/v1/conversations") == 2
 
 
-async def test_restart_keeps_the_mapping(fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path) -> None:
+async def test_restart_keeps_the_mapping(
+    fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path
+) -> None:
     bridge = make_bridge(fake_openai, profiles, tmp_path)
     await ask(bridge, "before restart")
     await bridge.close()
@@ -210,8 +241,13 @@ async def test_conversation_create_failure_is_reported(core: Bridge, fake_openai
     assert [f.kind for f in reply.failures] == [FailureKind.UNAVAILABLE]
 
 
-async def test_failure_after_tool_calls_leaves_the_conversation_usable(core: Bridge, fake_openai: FakeOpenAI) -> None:
-    fake_openai.enqueue(FunctionCalls([("get_weather", {"city": "Rome"})]), HttpError(500, "server_error", "down", "server_error"))
+async def test_failure_after_tool_calls_leaves_the_conversation_usable(
+    core: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.enqueue(
+        FunctionCalls([("get_weather", {"city": "Rome"})]),
+        HttpError(500, "server_error", "down", "server_error"),
+    )
     reply = await ask(core, "weather?")
     assert [f.kind for f in reply.failures] == [FailureKind.UNAVAILABLE]
     followup = await ask(core, "try again")

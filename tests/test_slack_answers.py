@@ -112,8 +112,9 @@ async def test_three_messages_at_once_are_answered_in_order(bridge: RunningBridg
 async def test_retried_event_is_answered_once(bridge: RunningBridge) -> None:
     event = mention("only once please")
     await bridge.post_event(event, event_id="EvSame")
-    await bridge.post_event(event, event_id="EvSame", headers={"X-Slack-Retry-Num": "1",
-                                                              "X-Slack-Retry-Reason": "http_timeout"})
+    await bridge.post_event(
+        event, event_id="EvSame", headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    )
     await bridge.wait_answers("C1", event["ts"])
     await asyncio.sleep(0.3)
     assert len(bridge.answers("C1", event["ts"])) == 1
@@ -154,8 +155,9 @@ async def test_socket_mode_first_delivery_with_retry_num_zero_is_answered(bridge
     from tests.slack_events import encode, event_callback
 
     event = mention("over the socket")
-    request = AsyncBoltRequest(body=encode(event_callback(event)).decode(), mode="socket_mode",
-                               headers={"X-Slack-Retry-Num": "0"})
+    request = AsyncBoltRequest(
+        body=encode(event_callback(event)).decode(), mode="socket_mode", headers={"X-Slack-Retry-Num": "0"}
+    )
     response = await bridge.service.slack.app.async_dispatch(request)
     assert response.status == 200
     assert await bridge.wait_answers("C1", event["ts"]) == ["You said: over the socket"]

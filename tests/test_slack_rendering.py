@@ -33,7 +33,9 @@ async def render(fake: FakeSlack, *events, **options) -> SlackReply:
 
 
 async def test_model_output_never_pings_anyone(bridge: RunningBridge) -> None:
-    bridge.openai.enqueue(Reply("Hey <!channel> and <!here|here>, <!everyone>, <@U123> and <!subteam^S1>! @here @Channel a&b"))
+    bridge.openai.enqueue(
+        Reply("Hey <!channel> and <!here|here>, <!everyone>, <@U123> and <!subteam^S1>! @here @Channel a&b")
+    )
     event = mention("ping everyone")
     await bridge.post_event(event)
     [answer] = await bridge.wait_answers("C1", event["ts"])
@@ -89,9 +91,9 @@ async def test_stream_that_stops_accepting_continues_with_update(fake_slack: Fak
 
 
 async def test_long_answer_is_split_without_losing_text(fake_slack: FakeSlack) -> None:
-    paragraph = ("word " * 199 + "end.\n\n")
+    paragraph = "word " * 199 + "end.\n\n"
     text = paragraph * 30  # ~30,000 characters
-    deltas = [TextDelta(text[i:i + 700]) for i in range(0, len(text), 700)]
+    deltas = [TextDelta(text[i : i + 700]) for i in range(0, len(text), 700)]
     await render(fake_slack, *deltas, Done(), stream_interval=0)
     messages = fake_slack.messages("C1", "100.1")
     assert len(messages) >= 3
@@ -99,7 +101,9 @@ async def test_long_answer_is_split_without_losing_text(fake_slack: FakeSlack) -
     assert "".join(m.text for m in messages) == text
     assert all(m.text.endswith("\n\n") for m in messages[:-1])  # cut at paragraph breaks
     for call in fake_slack.calls_to("chat.appendStream"):
-        chunk_text = "".join(c["text"] for c in call.json_arg("chunks") or []) + (call.args.get("markdown_text") or "")
+        chunk_text = "".join(c["text"] for c in call.json_arg("chunks") or []) + (
+            call.args.get("markdown_text") or ""
+        )
         assert len(chunk_text) <= 12_000
 
 
@@ -131,7 +135,9 @@ async def test_citations_become_numbered_sources(fake_slack: FakeSlack) -> None:
 
 
 async def test_progress_sets_the_thread_status_and_clears_it(fake_slack: FakeSlack) -> None:
-    await render(fake_slack, Progress("Running code…"), TextDelta("ok"), Progress("Running code…", done=True), Done())
+    await render(
+        fake_slack, Progress("Running code…"), TextDelta("ok"), Progress("Running code…", done=True), Done()
+    )
     statuses = [c.args["status"] for c in fake_slack.calls_to("assistant.threads.setStatus")]
     assert statuses == ["Running code…", ""]
 

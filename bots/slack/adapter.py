@@ -6,6 +6,7 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
@@ -46,16 +47,23 @@ class SlackAdapter:
         self._bridge = bridge
         self._settings = settings
         self.client = client or build_web_client(settings)
-        signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
+        signing_secret = (
+            settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
+        )
         self.app = AsyncApp(client=self.client, signing_secret=signing_secret, logger=log)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self._socket_handler: Any = None
+        self._own_session = False
 
-    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def _on_mention(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
         await self._answer(event, body, context)
 
-    async def _on_message(self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def _on_message(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
         if event.get("subtype") not in _NEW_MESSAGE_SUBTYPES or event.get("bot_id"):
             return
         if event.get("channel_type") == "im":
@@ -89,28 +97,48 @@ class SlackAdapter:
             key=key,
             user_id=event.get("user") or "",
             text=text,
-            delivery_ids=(f"slack:event:{body.get('event_id')}", f"slack:msg:{event['channel']}:{event['ts']}"),
+            delivery_ids=(
+                f"slack:event:{body.get('event_id')}",
+                f"slack:msg:{event['channel']}:{event['ts']}",
+            ),
         )
         await self._bridge.accept(message, SlackReply(self.client, thread))
 
-    # Transports
+    # Lifecycle and transports
+
+    async def start(self) -> None:
+        """Share one HTTP connection pool for every Web API call (slack_sdk opens a new session
+        per call otherwise). Needs the running loop, so it happens here, not in __init__."""
+        if self.client.session is None:
+            self.client.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.client.timeout))
+            self._own_session = True
+        if self._settings.slack_socket_mode:
+            await self._start_socket_mode()
+
+    async def stop(self) -> None:
+        """Stop taking events (Socket Mode), then release the connection pool."""
+        if self._socket_handler is not None:
+            await self._socket_handler.close_async()
+            self._socket_handler = None
+
+    async def close(self) -> None:
+        if self._own_session and self.client.session is not None:
+            await self.client.session.close()
+            self.client.session = None
 
     async def handle_http(self, request: web.Request) -> web.Response:
         """POST /slack/events: Bolt verifies the signature (401 when wrong) and acks at once."""
         return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
 
-    async def start_socket_mode(self) -> None:
+    async def _start_socket_mode(self) -> None:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
         assert self._settings.slack_app_token is not None
-        self._socket_handler = AsyncSocketModeHandler(self.app, self._settings.slack_app_token.get_secret_value())
+        self._socket_handler = AsyncSocketModeHandler(
+            self.app, self._settings.slack_app_token.get_secret_value()
+        )
         await self._socket_handler.connect_async()
         log.info("slack socket mode connected")
-
-    async def stop_socket_mode(self) -> None:
-        if self._socket_handler is not None:
-            await self._socket_handler.close_async()
-            self._socket_handler = None
 
 
 def _strip_mention(text: str, bot_user_id: str | None) -> str:

@@ -70,6 +70,7 @@ class SlackReply:
     _citations: list[Citation] = field(default_factory=list)
     _notes: list[str] = field(default_factory=list)
     _status_works: bool = True
+    _status_task: asyncio.Task[None] | None = None
     _timer: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -117,6 +118,8 @@ class SlackReply:
             self._pending = wording.EMPTY_ANSWER
         await self._flush(final=True)
         await self._set_status("")
+        if self._status_task is not None:
+            await self._status_task
 
     def _footer(self) -> str:
         parts: list[str] = []
@@ -124,7 +127,9 @@ class SlackReply:
             lines = [f"*{wording.SOURCES}*"]
             for number, citation in enumerate(self._citations, start=1):
                 title = neutralise(citation.title)
-                lines.append(f"[{number}] [{title}]({citation.url})" if citation.url else f"[{number}] {title}")
+                lines.append(
+                    f"[{number}] [{title}]({citation.url})" if citation.url else f"[{number}] {title}"
+                )
             parts.append("\n".join(lines))
         parts.extend(f"⚠️ {note}" for note in self._notes)
         if not parts:
@@ -200,6 +205,14 @@ class SlackReply:
         self._message = _Message()
 
     async def _set_status(self, status: str) -> None:
+        """Status updates run beside the turn (a Slack round trip must not delay the answer),
+        one after another so they land in order."""
+        previous = self._status_task
+        self._status_task = asyncio.create_task(self._send_status(status, previous))
+
+    async def _send_status(self, status: str, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await previous
         if not self._status_works:
             return
         try:
@@ -209,6 +222,8 @@ class SlackReply:
         except SlackApiError as exc:
             self._status_works = False
             log.info("slack status unavailable here error=%s", exc.response.get("error"))
+        except Exception:
+            log.exception("slack status update failed")
 
     async def _upload(self, out: ImageOut | FileOut) -> None:
         try:

@@ -17,12 +17,15 @@ def build_openai_client(settings: Settings) -> openai.AsyncOpenAI:
     deployment name) with ``AZURE_OPENAI_API_KEY``, or without a key an Entra ID token from
     azure-identity's ``DefaultAzureCredential`` (``pip install 'assistant-bridge[azure]'``).
     """
-    common = {"max_retries": settings.openai_max_retries, "timeout": settings.openai_timeout}
+    retries, timeout = settings.openai_max_retries, settings.openai_timeout
     if settings.azure_openai_endpoint:
         base_url = settings.azure_openai_endpoint.rstrip("/") + "/openai/v1/"
         if settings.azure_openai_api_key:
             return openai.AsyncOpenAI(
-                base_url=base_url, api_key=settings.azure_openai_api_key.get_secret_value(), **common
+                base_url=base_url,
+                api_key=settings.azure_openai_api_key.get_secret_value(),
+                max_retries=retries,
+                timeout=timeout,
             )
         try:
             from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
@@ -34,9 +37,12 @@ def build_openai_client(settings: Settings) -> openai.AsyncOpenAI:
                 "(pip install 'assistant-bridge[azure]')",
             ) from None
         provider = get_bearer_token_provider(DefaultAzureCredential(), AZURE_SCOPE)
-        return openai.AsyncOpenAI(base_url=base_url, api_key=provider, **common)
+        return openai.AsyncOpenAI(base_url=base_url, api_key=provider, max_retries=retries, timeout=timeout)
     if settings.openai_api_key is None:
         raise ConfigError("environment", "OPENAI_API_KEY", "not set")
     return openai.AsyncOpenAI(
-        api_key=settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url, **common
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        max_retries=retries,
+        timeout=timeout,
     )

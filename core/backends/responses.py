@@ -182,7 +182,9 @@ def _translate(event: Any, calls: list[Any]) -> list[Event]:
             "max_output_tokens": FailureKind.INCOMPLETE_OUTPUT_LIMIT,
             "content_filter": FailureKind.CONTENT_FILTERED,
         }
-        failure = Failure(kinds.get(reason or "", FailureKind.INCOMPLETE_OTHER), f"incomplete reason={reason}")
+        failure = Failure(
+            kinds.get(reason or "", FailureKind.INCOMPLETE_OTHER), f"incomplete reason={reason}"
+        )
         return [*_usage(response), failure]
     if kind == "response.failed":
         error = event.response.error
@@ -201,9 +203,11 @@ def _usage(response: Any) -> list[Event]:
 
 
 def _citation(annotation: Any) -> Citation | None:
-    get = annotation.get if isinstance(annotation, dict) else lambda name: getattr(annotation, name, None)
-    if get("type") == "url_citation":
-        return Citation(title=get("title") or get("url"), url=get("url"))
-    if get("type") == "file_citation":
-        return Citation(title=get("filename") or get("file_id"), file_id=get("file_id"))
+    fields: dict[str, Any] = annotation if isinstance(annotation, dict) else vars(annotation)
+    if fields.get("type") == "url_citation":
+        return Citation(title=str(fields.get("title") or fields.get("url")), url=fields.get("url"))
+    if fields.get("type") == "file_citation":
+        return Citation(
+            title=str(fields.get("filename") or fields.get("file_id")), file_id=fields.get("file_id")
+        )
     return None

@@ -202,18 +202,34 @@ class _Turn:
         self.output: list[JSON] = []
         self.include: list[str] = list(body.get("include") or [])
         self.response: JSON = {
-            "id": f"resp_{_hex()}", "object": "response", "created_at": int(time.time()),
-            "status": "in_progress", "background": False, "completed_at": None,
+            "id": f"resp_{_hex()}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "background": False,
+            "completed_at": None,
             "conversation": {"id": conv_id} if conv_id else None,
-            "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
-            "max_output_tokens": body.get("max_output_tokens"), "max_tool_calls": None,
-            "metadata": body.get("metadata") or {}, "model": body.get("model"), "output": [],
-            "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
-            "store": body.get("store", True), "temperature": 1.0,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "metadata": body.get("metadata") or {},
+            "model": body.get("model"),
+            "output": [],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": body.get("store", True),
+            "temperature": 1.0,
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
-            "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
-            "top_p": 1.0, "truncation": body.get("truncation") or "disabled", "usage": None, "user": None,
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": 1.0,
+            "truncation": body.get("truncation") or "disabled",
+            "usage": None,
+            "user": None,
         }
 
     def snapshot(self) -> JSON:
@@ -240,8 +256,13 @@ class _Turn:
     async def message(self, text: str, chunks: int, annotations: list[JSON], status: str | None) -> None:
         """Stream an assistant message; status None stops after the deltas (a failure)."""
         index, item_id = len(self.output), f"msg_{_hex()}"
-        item: JSON = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant",
-                      "content": []}
+        item: JSON = {
+            "id": item_id,
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
         where = {"item_id": item_id, "output_index": index, "content_index": 0}
         await self.emit("response.output_item.added", output_index=index, item=item)
         part: JSON = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -251,8 +272,12 @@ class _Turn:
                 await asyncio.sleep(self.server.delta_delay)
             await self.emit("response.output_text.delta", **where, delta=piece, logprobs=[])
         for number, annotation in enumerate(annotations):
-            await self.emit("response.output_text.annotation.added", **where, annotation_index=number,
-                            annotation=annotation)
+            await self.emit(
+                "response.output_text.annotation.added",
+                **where,
+                annotation_index=number,
+                annotation=annotation,
+            )
         if status is None:
             return
         await self.emit("response.output_text.done", **where, text=text, logprobs=[])
@@ -266,14 +291,25 @@ class _Turn:
         """Show a built-in tool working: code_interpreter_call or file_search_call."""
         index = len(self.output)
         if kind == "code_interpreter":
-            item: JSON = {"id": f"ci_{_hex()}", "type": "code_interpreter_call", "code": "print('hello')",
-                          "container_id": f"cntr_{_hex()}", "outputs": None, "status": "in_progress"}
+            item: JSON = {
+                "id": f"ci_{_hex()}",
+                "type": "code_interpreter_call",
+                "code": "print('hello')",
+                "container_id": f"cntr_{_hex()}",
+                "outputs": None,
+                "status": "in_progress",
+            }
             steps, event = ("in_progress", "interpreting", "completed"), "response.code_interpreter_call"
             logs = [{"type": "logs", "logs": "hello\n"}]
             done = {"outputs": logs} if "code_interpreter_call.outputs" in self.include else {}
         else:
-            item = {"id": f"fs_{_hex()}", "type": "file_search_call", "status": "in_progress",
-                    "queries": [_last_user_text(self.items)], "results": None}
+            item = {
+                "id": f"fs_{_hex()}",
+                "type": "file_search_call",
+                "status": "in_progress",
+                "queries": [_last_user_text(self.items)],
+                "results": None,
+            }
             steps, event = ("in_progress", "searching", "completed"), "response.file_search_call"
             done = {"results": []} if "file_search_call.results" in self.include else {}
         await self.emit("response.output_item.added", output_index=index, item=item)
@@ -286,14 +322,26 @@ class _Turn:
     async def function_call(self, call_id: str, name: str, arguments: JSON) -> None:
         """Stream one function_call output item."""
         index, item_id, args = len(self.output), f"fc_{_hex()}", json.dumps(arguments)
-        item: JSON = {"type": "function_call", "id": item_id, "call_id": call_id, "name": name,
-                      "arguments": "", "status": "in_progress"}
+        item: JSON = {
+            "type": "function_call",
+            "id": item_id,
+            "call_id": call_id,
+            "name": name,
+            "arguments": "",
+            "status": "in_progress",
+        }
         await self.emit("response.output_item.added", output_index=index, item=item)
         for piece in _split(args, 2):
-            await self.emit("response.function_call_arguments.delta", item_id=item_id, output_index=index,
-                            delta=piece)
-        await self.emit("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                        name=name, arguments=args)
+            await self.emit(
+                "response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=piece
+            )
+        await self.emit(
+            "response.function_call_arguments.done",
+            item_id=item_id,
+            output_index=index,
+            name=name,
+            arguments=args,
+        )
         item = dict(item, arguments=args, status="completed")
         await self.emit("response.output_item.done", output_index=index, item=item)
         self.output.append(item)
@@ -391,7 +439,7 @@ class FakeOpenAI:
         self.auth_headers.append(auth)
         if request.method == "POST" and request.path == "/v1/responses":
             self.requests.append(await self._read_json(request))
-        if not auth.startswith("Bearer ") or not auth[len("Bearer "):].strip():
+        if not auth.startswith("Bearer ") or not auth[len("Bearer ") :].strip():
             return _error(401, "Missing bearer", code="invalid_api_key")
         return await handler(request)
 
@@ -401,9 +449,17 @@ class FakeOpenAI:
         """GET /v1/models/{id}: gpt-test exists, anything else is 404 model_not_found."""
         model_id = request.match_info["id"]
         if model_id != "gpt-test":
-            return web.json_response({"error": {"message": f"The model '{model_id}' does not exist",
-                                                "type": "invalid_request_error", "param": "model",
-                                                "code": "model_not_found"}}, status=404)
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"The model '{model_id}' does not exist",
+                        "type": "invalid_request_error",
+                        "param": "model",
+                        "code": "model_not_found",
+                    }
+                },
+                status=404,
+            )
         return web.json_response({"id": model_id, "object": "model", "created": 0, "owned_by": "fake"})
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -416,9 +472,13 @@ class FakeOpenAI:
         if not isinstance(items, list):
             return _error(400, "Invalid type for 'items': expected an array.", param="items")
         if len(items) > MAX_ITEMS_PER_CALL:
-            return _error(400, f"Invalid 'items': array too long. Expected an array with maximum length "
-                          f"{MAX_ITEMS_PER_CALL}, but got an array with length {len(items)} instead.",
-                          param="items", code="array_above_max_length")
+            return _error(
+                400,
+                f"Invalid 'items': array too long. Expected an array with maximum length "
+                f"{MAX_ITEMS_PER_CALL}, but got an array with length {len(items)} instead.",
+                param="items",
+                code="array_above_max_length",
+            )
         return None
 
     async def _create_conversation(self, request: web.Request) -> web.Response:
@@ -432,8 +492,12 @@ class FakeOpenAI:
         if len(metadata) > 16:
             return _error(400, "Invalid 'metadata': too many properties (max 16).", param="metadata")
         conv_id = f"conv_{_hex()}"
-        self._conv_meta[conv_id] = {"id": conv_id, "object": "conversation",
-                                    "created_at": int(time.time()), "metadata": metadata}
+        self._conv_meta[conv_id] = {
+            "id": conv_id,
+            "object": "conversation",
+            "created_at": int(time.time()),
+            "metadata": metadata,
+        }
         self.conversations[conv_id] = [_stored(item) for item in _normalise_input(items)]
         return web.json_response(self._conv_meta[conv_id])
 
@@ -455,12 +519,18 @@ class FakeOpenAI:
         after = request.query.get("after")
         if after:
             ids = [item["id"] for item in items]
-            items = items[ids.index(after) + 1:] if after in ids else []
+            items = items[ids.index(after) + 1 :] if after in ids else []
         limit = int(request.query.get("limit", "20"))
         page = items[:limit]
-        return web.json_response({"object": "list", "data": page, "has_more": len(items) > limit,
-                                  "first_id": page[0]["id"] if page else None,
-                                  "last_id": page[-1]["id"] if page else None})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": page,
+                "has_more": len(items) > limit,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            }
+        )
 
     async def _add_items(self, request: web.Request) -> web.Response:
         """POST /v1/conversations/{id}/items {items}."""
@@ -476,9 +546,15 @@ class FakeOpenAI:
         answered = {item.get("call_id") for item in added if item.get("type") == "function_call_output"}
         self._open_calls -= answered
         self._pending[conv_id] = [c for c in self._pending.get(conv_id, []) if c not in answered]
-        return web.json_response({"object": "list", "data": added, "has_more": False,
-                                  "first_id": added[0]["id"] if added else None,
-                                  "last_id": added[-1]["id"] if added else None})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": added,
+                "has_more": False,
+                "first_id": added[0]["id"] if added else None,
+                "last_id": added[-1]["id"] if added else None,
+            }
+        )
 
     # ---- responses ------------------------------------------------------------------
 
@@ -523,8 +599,9 @@ class FakeOpenAI:
         if conv_id is not None and conv_id in self._busy:
             return _error(400, LOCKED_MESSAGE, code="conversation_locked")
         if not body.get("model"):
-            return _error(400, "Missing required parameter: 'model'.", param="model",
-                          code="missing_required_parameter")
+            return _error(
+                400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+            )
         raw = body.get("input")
         if raw is not None and not isinstance(raw, (str, list)):
             return _error(400, "Invalid type for 'input': expected a string or an array.", param="input")

@@ -77,10 +77,22 @@ async def test_conversations_create_get_and_items(fake: FakeOpenAI, client: Asyn
 
 
 async def test_streamed_reply(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
-    citation = {"type": "url_citation", "url": "https://x.test", "title": "X",
-                "start_index": 0, "end_index": 5}
-    fake.enqueue(Reply("Hello there, world", chunks=3, usage=(7, 3), annotations=[citation],
-                       tool_progress=["code_interpreter", "file_search"]))
+    citation = {
+        "type": "url_citation",
+        "url": "https://x.test",
+        "title": "X",
+        "start_index": 0,
+        "end_index": 5,
+    }
+    fake.enqueue(
+        Reply(
+            "Hello there, world",
+            chunks=3,
+            usage=(7, 3),
+            annotations=[citation],
+            tool_progress=["code_interpreter", "file_search"],
+        )
+    )
     conv = await client.conversations.create()
     stream = await client.responses.create(model=MODEL, conversation=conv.id, input=[user("hi")], stream=True)
     events = await collect(stream)
@@ -126,8 +138,9 @@ async def test_echo_non_streamed(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
 async def test_function_call_round(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
     fake.enqueue(FunctionCalls([("lookup", {"q": "x"}), ("clock", {})]), Reply("done"))
     conv = await client.conversations.create()
-    events = await collect(await client.responses.create(
-        model=MODEL, conversation=conv.id, input="use tools", stream=True))
+    events = await collect(
+        await client.responses.create(model=MODEL, conversation=conv.id, input="use tools", stream=True)
+    )
     completed = events[-1]
     assert isinstance(completed, ResponseCompletedEvent)
     calls = [item for item in completed.response.output if item.type == "function_call"]
@@ -137,12 +150,16 @@ async def test_function_call_round(fake: FakeOpenAI, client: AsyncOpenAI) -> Non
     assert args_done[0].arguments == '{"q": "x"}'
 
     with pytest.raises(openai.BadRequestError) as missing:  # must answer every call
-        await client.responses.create(model=MODEL, conversation=conv.id, input=[
-            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "1"}])
+        await client.responses.create(
+            model=MODEL,
+            conversation=conv.id,
+            input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "1"}],
+        )
     assert "No tool output found" in missing.value.message
     with pytest.raises(openai.BadRequestError):
-        await client.responses.create(model=MODEL, input=[
-            {"type": "function_call_output", "call_id": "call_999", "output": "1"}])
+        await client.responses.create(
+            model=MODEL, input=[{"type": "function_call_output", "call_id": "call_999", "output": "1"}]
+        )
 
     outputs = [{"type": "function_call_output", "call_id": c.call_id, "output": "ok"} for c in calls]
     answer = await client.responses.create(model=MODEL, conversation=conv.id, input=outputs)
@@ -150,15 +167,22 @@ async def test_function_call_round(fake: FakeOpenAI, client: AsyncOpenAI) -> Non
     with pytest.raises(openai.BadRequestError):  # already answered
         await client.responses.create(model=MODEL, conversation=conv.id, input=outputs[:1])
     kinds = [item["type"] for item in fake.conversations[conv.id]]
-    assert kinds == ["message", "function_call", "function_call", "function_call_output",
-                     "function_call_output", "message"]
+    assert kinds == [
+        "message",
+        "function_call",
+        "function_call",
+        "function_call_output",
+        "function_call_output",
+        "message",
+    ]
 
 
 async def test_failed(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
     fake.enqueue(Failed(code="server_error", message="boom", text_before="Par"))
     conv = await client.conversations.create()
-    events = await collect(await client.responses.create(
-        model=MODEL, conversation=conv.id, input="x", stream=True))
+    events = await collect(
+        await client.responses.create(model=MODEL, conversation=conv.id, input="x", stream=True)
+    )
     assert "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent)) == "Par"
     assert isinstance(events[-1], ResponseFailedEvent)
     assert events[-1].response.error is not None and events[-1].response.error.code == "server_error"
@@ -179,8 +203,9 @@ async def test_incomplete(client: AsyncOpenAI, fake: FakeOpenAI) -> None:
 async def test_error_event(client: AsyncOpenAI, fake: FakeOpenAI) -> None:
     fake.enqueue(ErrorEvent(code="server_error", message="Something broke"))
     conv = await client.conversations.create()
-    events = await collect(await client.responses.create(
-        model=MODEL, conversation=conv.id, input="x", stream=True))
+    events = await collect(
+        await client.responses.create(model=MODEL, conversation=conv.id, input="x", stream=True)
+    )
     assert isinstance(events[-1], ResponseErrorEvent)
     assert events[-1].code == "server_error" and events[-1].message == "Something broke"
     # The conversation is unlocked and usable afterwards.
@@ -236,8 +261,9 @@ async def test_many_concurrent_streams_and_disconnect(fake: FakeOpenAI, client: 
 
     async def one(n: int) -> str:
         conv = await client.conversations.create()
-        events = await collect(await client.responses.create(
-            model=MODEL, conversation=conv.id, input=f"n{n}", stream=True))
+        events = await collect(
+            await client.responses.create(model=MODEL, conversation=conv.id, input=f"n{n}", stream=True)
+        )
         return events[-1].response.output_text
 
     assert await asyncio.gather(*(one(n) for n in range(100))) == [f"You said: n{n}" for n in range(100)]
