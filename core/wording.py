@@ -59,3 +59,10 @@ def upload_failed(filename: str) -> str:
 
 
 HELLO = "Hi! Ask me anything in this thread and I will answer here."
+
+
+def files_not_read(names: list[str], answered_text: bool) -> str:
+    listed = ", ".join(names)
+    if answered_text:
+        return f"I cannot read attached files yet, so I answered your text only (not read: {listed})."
+    return f"I cannot read attached files yet (not read: {listed}). Please paste the text you want me to use."

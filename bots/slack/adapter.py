@@ -14,6 +14,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.reply import SlackReply, SlackThread
+from bots.slack.text import neutralise
 from core import wording
 from core.bridge import Bridge
 from core.conversation import ConversationKey
@@ -88,11 +89,16 @@ class SlackAdapter:
             user_id=event.get("user"),
         )
         text = _strip_mention(event.get("text") or "", context.bot_user_id)
+        files = [f.get("name") or f.get("title") or "a file" for f in event.get("files") or []]
         if not text:
+            greeting = wording.files_not_read(files, answered_text=False) if files else wording.HELLO
             await self.client.chat_postMessage(
-                channel=thread.channel, thread_ts=thread.thread_ts, markdown_text=wording.HELLO
+                channel=thread.channel, thread_ts=thread.thread_ts, markdown_text=neutralise(greeting)
             )
             return
+        reply = SlackReply(self.client, thread)
+        if files:
+            reply.add_note(neutralise(wording.files_not_read(files, answered_text=True)))
         message = InboundMessage(
             key=key,
             user_id=event.get("user") or "",
@@ -102,7 +108,7 @@ class SlackAdapter:
                 f"slack:msg:{event['channel']}:{event['ts']}",
             ),
         )
-        await self._bridge.accept(message, SlackReply(self.client, thread))
+        await self._bridge.accept(message, reply)
 
     # Lifecycle and transports
 
@@ -110,7 +116,9 @@ class SlackAdapter:
         """Share one HTTP connection pool for every Web API call (slack_sdk opens a new session
         per call otherwise). Needs the running loop, so it happens here, not in __init__."""
         if self.client.session is None:
-            self.client.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.client.timeout))
+            self.client.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.client.timeout)
+            )
             self._own_session = True
         if self._settings.slack_socket_mode:
             await self._start_socket_mode()
