@@ -26,10 +26,10 @@ import aiohttp
 
 from bots.service import Service
 from core.profiles import parse_profiles
-from core.settings import Settings
 from tests import slack_events
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.slack_server import Call, FakeSlack
+from tests.fakes.wiring import settings_for_fakes
 
 PROFILES: dict[str, Any] = {
     "default": "general",
@@ -176,22 +176,13 @@ async def run(args: argparse.Namespace) -> list[Row]:
     async with FakeOpenAI(first_token_delay=args.first_token_delay) as openai, fake_slack as slack:
         slack.delay = args.slack_delay
         with tempfile.TemporaryDirectory(prefix="slack-bench-") as tmp:
-            options: dict[str, Any] = dict(  # as the tests' `settings` fixture, plus the turn limit
-                _env_file=None,
-                openai_api_key="sk-test",
-                openai_base_url=openai.base_url,
-                openai_max_retries=0,
-                slack_bot_token="xoxb-test",
-                slack_api_url=slack.base_url,
-                slack_signing_secret=slack_events.SIGNING_SECRET,
-                store_path=str(Path(tmp) / "store.sqlite"),
-                host="127.0.0.1",
-                port=0,
-                shutdown_grace=5,
-                max_concurrent_turns=args.threads,
+            settings = settings_for_fakes(
+                openai,
+                slack,
+                Path(tmp) / "store.sqlite",
+                max_concurrent_turns=args.threads,  # so (c) measures the bridge, not its limit
                 log_level="WARNING",
             )
-            settings = Settings(**options)
             service = Service.create(settings, parse_profiles(PROFILES, source="bench"))
             stop, ready = asyncio.Event(), asyncio.Event()
             server = asyncio.create_task(service.run(stop, ready))

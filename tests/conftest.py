@@ -17,6 +17,7 @@ from core.settings import Settings
 from tests import slack_events
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack_server import FakeSlack
+from tests.fakes.wiring import settings_for_fakes
 
 PROFILES: dict[str, Any] = {
     "default": "general",
@@ -56,19 +57,7 @@ def profiles() -> ProfileSet:
 
 @pytest.fixture
 def settings(tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack) -> Settings:
-    return Settings(
-        _env_file=None,
-        openai_api_key="sk-test",
-        openai_base_url=fake_openai.base_url,
-        openai_max_retries=0,
-        slack_bot_token="xoxb-test",
-        slack_signing_secret=slack_events.SIGNING_SECRET,
-        slack_api_url=fake_slack.base_url,
-        store_path=str(tmp_path / "store.sqlite"),
-        host="127.0.0.1",
-        port=0,
-        shutdown_grace=5,
-    )
+    return settings_for_fakes(fake_openai, fake_slack, tmp_path / "store.sqlite")
 
 
 @dataclass
