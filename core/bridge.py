@@ -70,14 +70,21 @@ class Bridge:
             log.info("duplicate delivery key=%s ids=%s", message.key, ",".join(message.delivery_ids))
             return Outcome.DUPLICATE
         queued_at = time.monotonic()
-        admission = self._runner.submit(message.key, lambda: self._turn(message, reply, queued_at))
+        admission = self._runner.submit(
+            message.key,
+            lambda: self._turn(message, reply, queued_at),
+            on_abandon=lambda: self._refuse(reply, FailureKind.SHUTTING_DOWN),
+        )
         if admission in (Admission.STARTED, Admission.QUEUED):
             return Outcome.ANSWERING
         kind = FailureKind.QUEUE_FULL if admission is Admission.QUEUE_FULL else FailureKind.SHUTTING_DOWN
         log.warning("message refused key=%s reason=%s", message.key, kind.value)
+        await self._refuse(reply, kind)
+        return Outcome.REFUSED
+
+    async def _refuse(self, reply: Reply, kind: FailureKind) -> None:
         await _emit(reply, Failure(kind))
         await _emit(reply, Done())
-        return Outcome.REFUSED
 
     async def answers_thread(self, key: ConversationKey) -> bool:
         """True when the bot is already part of this thread (so follow-ups need no mention)."""
@@ -110,6 +117,10 @@ class Bridge:
                 "turn failure key=%s kind=%s %s", message.key, exc.failure.kind.value, exc.failure.detail
             )
             await _emit(reply, exc.failure)
+        except asyncio.CancelledError:
+            stats.failure = FailureKind.SHUTTING_DOWN
+            await _emit(reply, Failure(FailureKind.SHUTTING_DOWN, "cancelled at shutdown"))
+            raise
         except TimeoutError:
             stats.failure = FailureKind.TIMEOUT
             await _emit(reply, Failure(FailureKind.TIMEOUT, f"turn exceeded {self._turn_timeout}s"))

@@ -14,6 +14,11 @@ from core.conversation import ConversationKey
 log = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[None]]
+Abandon = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
 
 
 class Admission(Enum):
@@ -27,7 +32,7 @@ class Admission(Enum):
 
 @dataclass
 class _Lane:
-    pending: deque[Job] = field(default_factory=deque)
+    pending: deque[tuple[Job, Abandon]] = field(default_factory=deque)
     worker: asyncio.Task[None] | None = None
 
 
@@ -52,24 +57,26 @@ class TurnRunner:
     def is_busy(self, key: ConversationKey) -> bool:
         return key in self._lanes
 
-    def submit(self, key: ConversationKey, job: Job) -> Admission:
+    def submit(self, key: ConversationKey, job: Job, on_abandon: Abandon = _nothing) -> Admission:
+        """Queue ``job`` for ``key``. ``on_abandon`` runs instead of a job that never started
+        because shutdown cancelled its conversation (so its user can be told)."""
         if not self._accepting:
             return Admission.CLOSED
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-            lane.pending.append(job)
+            lane.pending.append((job, on_abandon))
             lane.worker = asyncio.create_task(self._work(key, lane), name=f"turns:{key}")
             return Admission.STARTED
         if len(lane.pending) >= self._max_pending:
             return Admission.QUEUE_FULL
-        lane.pending.append(job)
+        lane.pending.append((job, on_abandon))
         return Admission.QUEUED
 
     async def _work(self, key: ConversationKey, lane: _Lane) -> None:
         try:
             while lane.pending:
-                job = lane.pending[0]
+                job, _ = lane.pending[0]
                 async with self._slots:
                     try:
                         await job()
@@ -78,6 +85,14 @@ class TurnRunner:
                     except Exception:
                         log.exception("turn job failed key=%s", key)
                 lane.pending.popleft()
+        except asyncio.CancelledError:
+            # The running job saw the cancellation itself; tell the ones that never started.
+            for _, abandon in list(lane.pending)[1:]:
+                try:
+                    await abandon()
+                except Exception:
+                    log.exception("abandon hook failed key=%s", key)
+            raise
         finally:
             # No await between the emptiness check above and this removal: a submit cannot slip in.
             self._lanes.pop(key, None)

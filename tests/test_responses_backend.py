@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -252,3 +253,27 @@ async def test_failure_after_tool_calls_leaves_the_conversation_usable(
     assert [f.kind for f in reply.failures] == [FailureKind.UNAVAILABLE]
     followup = await ask(core, "try again")
     assert followup.text == "You said: try again" and followup.failures == []
+
+
+async def test_turns_cut_off_by_shutdown_tell_their_users(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    fake_openai.first_token_delay = 5
+    running, queued = RecordingReply(), RecordingReply()
+    await core.accept(InboundMessage(KEY, "U1", "slow", ("s1",)), running)
+    await core.accept(InboundMessage(KEY, "U2", "waiting", ("s2",)), queued)
+    await fake_openai_request_seen(fake_openai)
+    assert await core.drain(0.2) == 1
+    for reply in (running, queued):
+        await reply.finished()
+        assert [f.kind for f in reply.failures] == [FailureKind.SHUTTING_DOWN]
+        assert reply.failures[0].user_message.startswith("The assistant is restarting")
+    refused = RecordingReply()
+    await core.accept(InboundMessage(KEY, "U3", "too late", ("s3",)), refused)
+    assert [f.kind for f in (await refused.finished()).failures] == [FailureKind.SHUTTING_DOWN]
+
+
+async def fake_openai_request_seen(fake: FakeOpenAI) -> None:
+    for _ in range(500):
+        if fake.requests:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no request reached the fake")
