@@ -38,7 +38,16 @@ class _TurnStats:
     first_text_at: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
-    failure: FailureKind | None = None
+    failure: Failure | None = None
+
+    def record(self, event: Event) -> None:
+        if isinstance(event, TextDelta) and not self.first_text_at:
+            self.first_text_at = time.monotonic()
+        elif isinstance(event, Usage):
+            self.input_tokens += event.input_tokens
+            self.output_tokens += event.output_tokens
+        elif isinstance(event, Failure):
+            self.failure = event
 
 
 class Bridge:
@@ -100,34 +109,15 @@ class Bridge:
         try:
             async with asyncio.timeout(self._turn_timeout):
                 async for event in self._events(message, profile):
-                    if isinstance(event, TextDelta) and not stats.first_text_at:
-                        stats.first_text_at = time.monotonic()
-                    elif isinstance(event, Usage):
-                        stats.input_tokens += event.input_tokens
-                        stats.output_tokens += event.output_tokens
-                    elif isinstance(event, Failure):
-                        stats.failure = event.kind
-                        log.warning(
-                            "turn failure key=%s kind=%s %s", message.key, event.kind.value, event.detail
-                        )
+                    stats.record(event)
                     await _emit(reply, event)
-        except BackendFailed as exc:
-            stats.failure = exc.failure.kind
-            log.warning(
-                "turn failure key=%s kind=%s %s", message.key, exc.failure.kind.value, exc.failure.detail
-            )
-            await _emit(reply, exc.failure)
         except asyncio.CancelledError:
-            stats.failure = FailureKind.SHUTTING_DOWN
-            await _emit(reply, Failure(FailureKind.SHUTTING_DOWN, "cancelled at shutdown"))
+            stats.failure = Failure(FailureKind.SHUTTING_DOWN, "cancelled at shutdown")
+            await _emit(reply, stats.failure)
             raise
-        except TimeoutError:
-            stats.failure = FailureKind.TIMEOUT
-            await _emit(reply, Failure(FailureKind.TIMEOUT, f"turn exceeded {self._turn_timeout}s"))
-        except Exception:
-            stats.failure = FailureKind.FAILED
-            log.exception("turn crashed key=%s", message.key)
-            await _emit(reply, Failure(FailureKind.FAILED))
+        except Exception as exc:
+            stats.failure = _failure_for(exc, message.key, self._turn_timeout)
+            await _emit(reply, stats.failure)
         finally:
             await _emit(reply, Done())
             _log_turn(message.key, profile, stats)
@@ -174,7 +164,18 @@ async def _emit(reply: Reply, event: Event) -> None:
         log.exception("reply failed to render %s", type(event).__name__)
 
 
+def _failure_for(exc: Exception, key: ConversationKey, turn_timeout: float) -> Failure:
+    if isinstance(exc, BackendFailed):
+        return exc.failure
+    if isinstance(exc, TimeoutError):
+        return Failure(FailureKind.TIMEOUT, f"turn exceeded {turn_timeout}s")
+    log.exception("turn crashed key=%s", key)
+    return Failure(FailureKind.FAILED, f"{type(exc).__name__}: {exc}")
+
+
 def _log_turn(key: ConversationKey, profile: AssistantProfile, stats: _TurnStats) -> None:
+    if stats.failure is not None:
+        log.warning("turn failure key=%s kind=%s %s", key, stats.failure.kind.value, stats.failure.detail)
     now = time.monotonic()
     first_text = (stats.first_text_at - stats.started_at) * 1000 if stats.first_text_at else -1
     log.info(
@@ -182,7 +183,7 @@ def _log_turn(key: ConversationKey, profile: AssistantProfile, stats: _TurnStats
         "input_tokens=%d output_tokens=%d",
         key,
         profile.name,
-        stats.failure.value if stats.failure else "ok",
+        stats.failure.kind.value if stats.failure else "ok",
         (stats.started_at - stats.queued_at) * 1000,
         first_text,
         (now - stats.started_at) * 1000,
