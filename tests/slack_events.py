@@ -84,7 +84,7 @@ def signed_headers(body: bytes, secret: str = SIGNING_SECRET, timestamp: int | N
     return {
         "Content-Type": "application/json",
         "X-Slack-Request-Timestamp": str(timestamp),
-        "X-Slack-Signature": signature,
+        "X-Slack-Signature": signature or "",
     }
 
 

@@ -140,6 +140,7 @@ async def test_progress_sets_the_thread_status_and_clears_it(fake_slack: FakeSla
     )
     statuses = [c.args["status"] for c in fake_slack.calls_to("assistant.threads.setStatus")]
     assert statuses == ["Running code…", ""]
+    assert fake_slack.calls_to("assistant.threads.setStatus")[-1].args["thread_ts"] == "100.1"
 
 
 async def test_status_refused_once_is_not_retried_every_event(fake_slack: FakeSlack) -> None:

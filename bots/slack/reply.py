@@ -6,27 +6,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix, split_point
 from core import wording
 from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Progress, TextDelta
 
 log = logging.getLogger(__name__)
-
-
-class SlackWebAPI(Protocol):
-    """The slack_sdk ``AsyncWebClient`` methods the reply uses."""
-
-    async def chat_startStream(self, **kwargs: Any) -> Any: ...
-    async def chat_appendStream(self, **kwargs: Any) -> Any: ...
-    async def chat_stopStream(self, **kwargs: Any) -> Any: ...
-    async def chat_postMessage(self, **kwargs: Any) -> Any: ...
-    async def chat_update(self, **kwargs: Any) -> Any: ...
-    async def assistant_threads_setStatus(self, **kwargs: Any) -> Any: ...
-    async def files_upload_v2(self, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +45,7 @@ class SlackReply:
     sent; citations become numbered sources at the end; failures a short note.
     """
 
-    client: SlackWebAPI
+    client: AsyncWebClient
     thread: SlackThread
     streaming: bool = True
     stream_interval: float = 0.5

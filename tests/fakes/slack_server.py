@@ -6,6 +6,12 @@ at it with ``base_url=fake.base_url``. It records every call, keeps the bot's
 messages (posted, updated and streamed) as a user would see them, serves
 external file uploads and private file downloads, and can be told to fail or
 rate-limit the next calls to a method.
+
+It also fakes Socket Mode: ``apps.connections.open`` (app token only) hands out a
+``ws://`` URL to the ``/link/`` WebSocket endpoint, which greets each client with
+Slack's ``hello`` message; tests push ``events_api`` envelopes with
+:meth:`FakeSlack.send_socket_event` and read the client's acks in
+:attr:`FakeSlack.socket_acks`.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 MARKDOWN_LIMIT = 12_000
 TEXT_LIMIT = 40_000
@@ -78,11 +85,15 @@ class FakeSlack:
         team_id: str = "T1",
         bot_user_id: str = "UBOT",
         bot_id: str = "BBOT",
+        app_token: str = "xapp-test",
+        app_id: str = "A1",
     ) -> None:
         self.bot_token = bot_token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
+        self.app_token = app_token
+        self.app_id = app_id
         self.calls: list[Call] = []
         self.uploads: dict[str, bytes] = {}
         self.delay: float = 0.0
@@ -95,6 +106,14 @@ class FakeSlack:
         self._file_counter = 0
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
+        # Socket Mode: envelope ids the client acked; for each finished connection, in order, the
+        # close code the client sent (its own close, or its answer to ours); issued tickets; and
+        # the WebSocket connections still open (oldest first).
+        self.socket_acks: list[str] = []
+        self.socket_close_codes: list[int | None] = []
+        self._tickets: set[str] = set()
+        self._ticket_counter = 0
+        self._sockets: list[web.WebSocketResponse] = []
         # method -> (handler, arguments it refuses to work without: "invalid_arguments")
         self._methods: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], tuple[str, ...]]] = {
             "auth.test": (self._auth_test, ()),
@@ -103,7 +122,8 @@ class FakeSlack:
             "chat.startStream": (self._chat_start_stream, ("channel", "thread_ts")),
             "chat.appendStream": (self._chat_append_stream, ("channel", "ts")),
             "chat.stopStream": (self._chat_stop_stream, ("channel", "ts")),
-            "assistant.threads.setStatus": (self._ok, ("channel_id", "thread_ts", "status")),
+            # status "" is allowed: it clears the indicator, as on real Slack.
+            "assistant.threads.setStatus": (self._ok, ("channel_id", "thread_ts")),
             "assistant.threads.setSuggestedPrompts": (self._ok, ("channel_id", "prompts")),
             "assistant.threads.setTitle": (self._ok, ("channel_id", "thread_ts", "title")),
             "agents.sessions.setStatus": (self._ok, ("channel_id", "status")),
@@ -114,7 +134,10 @@ class FakeSlack:
             "files.getUploadURLExternal": (self._files_get_upload_url, ("filename", "length")),
             "files.completeUploadExternal": (self._files_complete_upload, ("files",)),
             "files.info": (self._files_info, ("file",)),
+            "apps.connections.open": (self._apps_connections_open, ()),
         }
+        # Methods called with the app-level token instead of the bot token.
+        self._app_token_methods = {"apps.connections.open"}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -125,6 +148,7 @@ class FakeSlack:
         app.router.add_post("/upload/{file_id}", self._on_upload)
         app.router.add_get("/files-pri/{key}/download/{name}", self._on_private_file)
         app.router.add_get("/files-pri/{key}/{name}", self._on_private_file)
+        app.router.add_get("/link/", self._on_socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -132,7 +156,9 @@ class FakeSlack:
         self._port = self._runner.addresses[0][1]
 
     async def close(self) -> None:
-        """Stop the server."""
+        """Close open Socket Mode connections cleanly (close code 1001), then stop the server."""
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -209,6 +235,87 @@ class FakeSlack:
         }
         return url
 
+    # -------------------------------------------------------------- Socket Mode
+
+    @property
+    def socket_connected(self) -> bool:
+        """True while at least one Socket Mode client is connected."""
+        return any(not ws.closed for ws in self._sockets)
+
+    async def wait_socket_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Wait until a Socket Mode client is connected; AssertionError after ``timeout`` s."""
+        await self.wait_for(lambda: self.socket_connected, timeout)
+
+    async def send_socket_event(
+        self, payload: dict[str, Any], retry_attempt: int = 0, *, retry_reason: str = ""
+    ) -> str:
+        """Deliver an Events API ``payload`` (an ``event_callback``) over Socket Mode, as Slack
+        does, to the newest connection (waiting up to 5 s for one); return its envelope id.
+
+        ``retry_attempt`` 0 is a first delivery; Slack counts redeliveries from 1 (and gives a
+        ``retry_reason`` such as ``"timeout"`` with them)."""
+        envelope_id = str(uuid.uuid4())
+        await self._send_socket(
+            {
+                "envelope_id": envelope_id,
+                "type": "events_api",
+                "accepts_response_payload": False,
+                "retry_attempt": retry_attempt,
+                "retry_reason": retry_reason,
+                "payload": payload,
+            }
+        )
+        return envelope_id
+
+    async def send_socket_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Send Slack's ``disconnect`` message, asking the client to reconnect on a fresh URL."""
+        await self._send_socket(
+            {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-applink"}}
+        )
+
+    async def _send_socket(self, message: dict[str, Any]) -> None:
+        await self.wait_socket_connected()
+        ws = [ws for ws in self._sockets if not ws.closed][-1]
+        await ws.send_json(message)
+
+    async def _on_socket(self, request: web.Request) -> web.StreamResponse:
+        """Serve ``/link/?ticket=<n>``: a Socket Mode WebSocket connection.
+
+        Greets with ``hello``, answers pings (aiohttp's autoping) and records acks
+        (``{"envelope_id": ...}``, optionally with a ``payload``) until either side closes.
+        """
+        if request.query.get("ticket") not in self._tickets:
+            return web.Response(status=401, text="invalid ticket")
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        try:
+            await ws.send_json(
+                {
+                    "type": "hello",
+                    "num_connections": len(self._sockets),
+                    "debug_info": {
+                        "host": "fake-applink",
+                        "build_number": 1,
+                        "approximate_connection_time": 18060,
+                    },
+                    "connection_info": {"app_id": self.app_id},
+                }
+            )
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(message.data)
+                except ValueError:
+                    continue
+                if isinstance(data, dict) and isinstance(data.get("envelope_id"), str):
+                    self.socket_acks.append(data["envelope_id"])
+        finally:
+            self._sockets.remove(ws)
+            self.socket_close_codes.append(ws.close_code)
+        return ws
+
     # --------------------------------------------------------------- HTTP layer
 
     async def _on_api(self, request: web.Request) -> web.Response:
@@ -233,7 +340,8 @@ class FakeSlack:
             return _error(self._failures[method].pop(0))
         if method not in self._methods:
             return _error("unknown_method")
-        if token is None or token != self.bot_token:
+        expected = self.app_token if method in self._app_token_methods else self.bot_token
+        if token is None or token != expected:
             return _error("invalid_auth")
         handler, required = self._methods[method]
         if any(args.get(name) in (None, "") for name in required):
@@ -334,6 +442,12 @@ class FakeSlack:
         message.text += _checked_markdown(args)
         message.stopped = True
         return {"channel": message.channel, "ts": message.ts, "message": self._message_json(message)}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._ticket_counter += 1
+        ticket = str(self._ticket_counter)
+        self._tickets.add(ticket)
+        return {"url": f"ws://127.0.0.1:{self._port}/link/?ticket={ticket}"}
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user_id = str(args["user"])
