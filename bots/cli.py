@@ -57,8 +57,8 @@ def _load(settings: Settings) -> ProfileSet | None:
         return None
 
 
-def _report_missing(settings: Settings) -> bool:
-    missing = settings.missing_for_serve()
+def _report_missing(settings: Settings, profiles: ProfileSet | None) -> bool:
+    missing = settings.missing_for_serve(needs_openai=profiles is None or profiles.needs_default_client)
     for item in missing:
         _say(f"missing {item.variable}: {item.where}")
     return bool(missing)
@@ -67,8 +67,8 @@ def _report_missing(settings: Settings) -> bool:
 def _serve(settings: Settings) -> int:
     from bots.service import Service, serve_until_signalled
 
-    missing = _report_missing(settings)
     profiles = _load(settings)
+    missing = _report_missing(settings, profiles)
     if missing or profiles is None:
         _say("assistant-bridge cannot start; see above. Settings may also go in a .env file.")
         return 2
@@ -87,8 +87,8 @@ async def _check(settings: Settings) -> int:
     from bots.service import build_backends
     from bots.slack.adapter import build_web_client
 
-    problems = int(_report_missing(settings))
     profiles = _load(settings)
+    problems = int(_report_missing(settings, profiles))
     if profiles is None:
         return 1
     print(
@@ -105,7 +105,8 @@ async def _check(settings: Settings) -> int:
         except Exception as exc:
             problems += 1
             _say(f"slack: cannot reach {client.base_url}: {exc}")
-    if settings.openai_api_key is not None or settings.azure_openai_endpoint is not None:
+    has_openai = settings.openai_api_key is not None or settings.azure_openai_endpoint is not None
+    if has_openai or not profiles.needs_default_client:
         try:
             backends = build_backends(settings)
         except ConfigError as exc:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bots.slack.adapter import EVENTS_PATH, SlackAdapter
 from core.backend import Backend
+from core.backends.assistants import AssistantsBackend
 from core.backends.clients import build_openai_client
 from core.backends.responses import ResponsesBackend
 from core.bridge import Bridge
@@ -25,9 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def build_backends(settings: Settings) -> dict[str, Backend]:
-    return {
-        "responses": ResponsesBackend(build_openai_client(settings), max_tool_rounds=settings.max_tool_rounds)
+    """Both backends. Without OpenAI/Azure settings only assistants profiles with their own
+    ``base_url`` can work (``serve`` refuses to start otherwise)."""
+    has_openai = settings.openai_api_key is not None or settings.azure_openai_endpoint is not None
+    backends: dict[str, Backend] = {
+        "assistants": AssistantsBackend(build_openai_client(settings) if has_openai else None)
     }
+    if has_openai:
+        backends["responses"] = ResponsesBackend(
+            build_openai_client(settings), max_tool_rounds=settings.max_tool_rounds
+        )
+    return backends
 
 
 def build_bridge(settings: Settings, profiles: ProfileSet, backends: Mapping[str, Backend]) -> Bridge:

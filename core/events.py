@@ -79,6 +79,7 @@ class FailureKind(Enum):
     QUEUE_FULL = "queue_full"
     MISCONFIGURED = "misconfigured"
     SHUTTING_DOWN = "shutting_down"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)

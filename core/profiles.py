@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import ConfigError
 from core.tools import FunctionTool, import_callable, schema_from_signature
@@ -70,14 +70,60 @@ ToolSpec = Annotated[
 ]
 
 
+class _TruncationSpec(_Strict):
+    type: Literal["auto", "last_messages"]
+    last_messages: int | None = Field(default=None, ge=1)
+
+
 class _ProfileSpec(_Strict):
     description: str = ""
-    backend: Literal["responses"] = "responses"
-    model: str = Field(min_length=1)
+    backend: Literal["responses", "assistants"] = "responses"
+    model: str | None = Field(default=None, min_length=1)
     instructions: str = ""
     tools: list[ToolSpec] = Field(default_factory=list)
     max_output_tokens: int | None = Field(default=None, ge=16)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    # Assistants v2 only
+    assistant_id: str | None = Field(default=None, min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    stream: bool = True
+    max_prompt_tokens: int | None = Field(default=None, ge=256)
+    max_completion_tokens: int | None = Field(default=None, ge=16)
+    truncation_strategy: _TruncationSpec | None = None
+    additional_instructions: str | None = None
+    tool_choice: Literal["auto", "none", "required"] | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> _ProfileSpec:
+        if self.backend == "responses":
+            if self.model is None:
+                raise ValueError("model is required for the responses backend")
+            used = [f for f in _ASSISTANTS_ONLY if getattr(self, f) not in (None, True)]
+            if used:
+                raise ValueError(f'{", ".join(used)} only apply to backend = "assistants"')
+        elif self.assistant_id is None:
+            raise ValueError('assistant_id is required for backend = "assistants"')
+        if self.truncation_strategy and (self.truncation_strategy.type == "last_messages") != (
+            self.truncation_strategy.last_messages is not None
+        ):
+            raise ValueError('truncation_strategy: last_messages N goes with type = "last_messages" only')
+        return self
+
+
+_ASSISTANTS_ONLY = (
+    "assistant_id",
+    "base_url",
+    "api_key_env",
+    "stream",
+    "max_prompt_tokens",
+    "max_completion_tokens",
+    "truncation_strategy",
+    "additional_instructions",
+    "tool_choice",
+    "parallel_tool_calls",
+)
 
 
 class _FileSpec(_Strict):
@@ -90,7 +136,7 @@ class AssistantProfile:
     """One assistant: what the backend is told on every turn."""
 
     name: str
-    model: str
+    model: str | None
     instructions: str = ""
     description: str = ""
     backend: str = "responses"
@@ -98,9 +144,32 @@ class AssistantProfile:
     functions: Mapping[str, FunctionTool] = field(default_factory=dict)
     max_output_tokens: int | None = None
     temperature: float | None = None
+    assistants: AssistantsSettings | None = None
+
+    def hosted_tools_for_assistants(self) -> list[dict[str, Any]]:
+        """Assistants v2 tool entries (type only; vector stores go on the thread)."""
+        return [
+            {"type": t["type"]} for t in self.hosted_tools if t["type"] in ("code_interpreter", "file_search")
+        ]
 
     def has_tool(self, tool_type: str) -> bool:
         return any(tool["type"] == tool_type for tool in self.hosted_tools)
+
+
+@dataclass(frozen=True)
+class AssistantsSettings:
+    """A profile's Assistants v2 settings: which assistant, on which server, with which run controls.
+
+    ``run_controls`` go to every ``runs.create`` as they are (max_prompt_tokens,
+    max_completion_tokens, truncation_strategy, additional_instructions, tool_choice,
+    parallel_tool_calls).
+    """
+
+    assistant_id: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    stream: bool = True
+    run_controls: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +186,11 @@ class ProfileSet:
 
     def get(self, name: str) -> AssistantProfile | None:
         return self.profiles.get(name)
+
+    @property
+    def needs_default_client(self) -> bool:
+        """Whether any profile uses the OpenAI/Azure settings rather than a server of its own."""
+        return any(p.assistants is None or p.assistants.base_url is None for p in self.profiles.values())
 
 
 def load_profiles(path: str | Path, *, tool_timeout: float = 30.0) -> ProfileSet:
@@ -139,7 +213,7 @@ def parse_profiles(
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part))
-        raise ConfigError(source, key or "(top level)", first["msg"]) from None
+        raise ConfigError(source, key or "(top level)", first["msg"].removeprefix("Value error, ")) from None
     if spec.default not in spec.assistants:
         raise ConfigError(source, "default", f"names {spec.default!r}, which is not one of [assistants.*]")
     profiles = {
@@ -166,8 +240,30 @@ def _build_profile(name: str, spec: _ProfileSpec, source: str, tool_timeout: flo
             functions[function_tool.name] = function_tool
         else:
             hosted.append(tool.model_dump(exclude_none=True))
+    assistants = None
+    if spec.backend == "assistants":
+        assert spec.assistant_id is not None
+        controls = spec.model_dump(
+            include={
+                "max_prompt_tokens",
+                "max_completion_tokens",
+                "truncation_strategy",
+                "additional_instructions",
+                "tool_choice",
+                "parallel_tool_calls",
+            },
+            exclude_none=True,
+        )
+        assistants = AssistantsSettings(
+            assistant_id=spec.assistant_id,
+            base_url=spec.base_url,
+            api_key_env=spec.api_key_env,
+            stream=spec.stream,
+            run_controls=controls,
+        )
     return AssistantProfile(
         name=name,
+        assistants=assistants,
         model=spec.model,
         instructions=spec.instructions,
         description=spec.description,

@@ -49,10 +49,11 @@ class Settings(BaseSettings):
     def slack_socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
-    def missing_for_serve(self) -> list[MissingSetting]:
-        """Every setting ``serve`` needs that is not set, with where to get it."""
+    def missing_for_serve(self, needs_openai: bool = True) -> list[MissingSetting]:
+        """Every setting ``serve`` needs that is not set, with where to get it. ``needs_openai``
+        is False when every profile names its own server (assistants profiles with base_url)."""
         missing: list[MissingSetting] = []
-        if self.openai_api_key is None and self.azure_openai_endpoint is None:
+        if needs_openai and self.openai_api_key is None and self.azure_openai_endpoint is None:
             missing.append(_MISSING["OPENAI_API_KEY"])
         if self.slack_bot_token is None:
             missing.append(_MISSING["SLACK_BOT_TOKEN"])
@@ -87,3 +88,11 @@ _MISSING = {
         ),
     )
 }
+
+
+def secret_from_environment(name: str) -> str | None:
+    """A key a profile names by variable (``api_key_env``); read here so that the environment is
+    read in this one module."""
+    import os
+
+    return os.environ.get(name)

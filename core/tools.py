@@ -52,6 +52,17 @@ class FunctionTool:
             return error_output(f"{self.name} failed: {type(exc).__name__}: {exc}")
         return result if isinstance(result, str) else json.dumps(result, default=str)
 
+    def as_assistants_tool(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+                "strict": self.strict,
+            },
+        }
+
     def as_responses_tool(self) -> dict[str, Any]:
         return {
             "type": "function",

@@ -21,6 +21,7 @@ _FAILURES: dict[FailureKind, str] = {
         "The assistant kept calling tools without reaching an answer, so I stopped it."
     ),
     FailureKind.QUEUE_FULL: "Too many messages are waiting in this thread; please wait for the answers.",
+    FailureKind.STOPPED: "Stopped.",
     FailureKind.SHUTTING_DOWN: "The assistant is restarting. Please send your message again in a minute.",
     FailureKind.MISCONFIGURED: "The assistant is not set up correctly. An admin has to check its settings.",
 }

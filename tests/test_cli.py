@@ -62,7 +62,7 @@ async def test_serve_with_bad_config_names_file_key_and_reason(tmp_path: Path) -
     env = base_env(tmp_path, OPENAI_API_KEY="sk-x", SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="s")
     code, _, err = await run_cli(tmp_path, "serve", "--config", "bad.toml", env=env)
     assert code == 2
-    assert "config error: bad.toml: assistants.general.model: Field required" in err
+    assert "config error: bad.toml: assistants.general: model is required for the responses backend" in err
 
 
 async def test_settings_can_come_from_a_dotenv_file(tmp_path: Path) -> None:

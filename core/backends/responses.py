@@ -137,7 +137,7 @@ class ResponsesBackend:
 
     async def check(self, profile: AssistantProfile) -> None:
         try:
-            await self._client.models.retrieve(profile.model)
+            await self._client.models.retrieve(profile.model or "")
         except openai.AuthenticationError as exc:
             raise BackendUnreachable(f"the API key was refused ({exc.status_code})") from exc
         except openai.NotFoundError as exc:
