@@ -11,10 +11,11 @@ from enum import Enum
 
 from core import wording
 from core.backend import Backend, TurnInput
+from core.commands import Command, parse_command
 from core.conversation import ConversationKey
 from core.deliveries import DeliveryLog
 from core.errors import BackendFailed, ConversationGone
-from core.events import Done, Event, Failure, FailureKind, Progress, TextDelta, Usage
+from core.events import Done, Event, Failure, FailureKind, Notice, Progress, TextDelta, Usage
 from core.messages import InboundMessage, Reply
 from core.profiles import AssistantProfile, ProfileSet
 from core.store import ConversationStore, ThreadState
@@ -29,6 +30,7 @@ class Outcome(Enum):
     DUPLICATE = "duplicate"  # seen before: ignored, no answer
     ANSWERING = "answering"  # a turn runs or is queued for it
     REFUSED = "refused"  # the user was told why (queue full, shutting down)
+    COMMAND = "command"  # a command for the bot itself (stop) was carried out
 
 
 @dataclass
@@ -73,11 +75,17 @@ class Bridge:
         self._deliveries = deliveries
         self._runner = runner
         self._turn_timeout = turn_timeout
+        self._stop_requested: set[ConversationKey] = set()
 
     async def accept(self, message: InboundMessage, reply: Reply) -> Outcome:
         if not await self._deliveries.first_sighting(message.delivery_ids):
             log.info("duplicate delivery key=%s ids=%s", message.key, ",".join(message.delivery_ids))
             return Outcome.DUPLICATE
+        if parse_command(message.text) is Command.STOP:
+            if not self.stop(message.key):
+                await _emit(reply, Notice(wording.NOTHING_TO_STOP))
+                await _emit(reply, Done())
+            return Outcome.COMMAND
         queued_at = time.monotonic()
         admission = self._runner.submit(
             message.key,
@@ -94,6 +102,17 @@ class Bridge:
     async def _refuse(self, reply: Reply, kind: FailureKind) -> None:
         await _emit(reply, Failure(kind))
         await _emit(reply, Done())
+
+    def stop(self, key: ConversationKey) -> bool:
+        """Stop the turn running in this thread (the user said stop). The backend cancels its run,
+        the user sees "Stopped.", and the thread takes new messages at once. False if idle."""
+        if not self._runner.is_busy(key):
+            return False
+        self._stop_requested.add(key)
+        if not self._runner.cancel_running(key):
+            self._stop_requested.discard(key)
+            return False
+        return True
 
     async def answers_thread(self, key: ConversationKey) -> bool:
         """True when the bot is already part of this thread (so follow-ups need no mention)."""
@@ -112,9 +131,18 @@ class Bridge:
                     stats.record(event)
                     await _emit(reply, event)
         except asyncio.CancelledError:
-            stats.failure = Failure(FailureKind.SHUTTING_DOWN, "cancelled at shutdown")
+            stopped = message.key in self._stop_requested
+            self._stop_requested.discard(message.key)
+            stats.failure = Failure(
+                FailureKind.STOPPED if stopped else FailureKind.SHUTTING_DOWN,
+                "stopped by the user" if stopped else "cancelled at shutdown",
+            )
             await _emit(reply, stats.failure)
-            raise
+            if not stopped:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the lane goes on with the next message
         except Exception as exc:
             stats.failure = _failure_for(exc, message.key, self._turn_timeout)
             await _emit(reply, stats.failure)

@@ -98,8 +98,15 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A sentence from the bridge itself (not the model), e.g. the answer to a command."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Done:
     """The turn is over; nothing follows."""
 
 
-Event = TextDelta | Progress | ImageOut | FileOut | Citation | Usage | Failure | Done
+Event = TextDelta | Progress | ImageOut | FileOut | Citation | Usage | Failure | Notice | Done

@@ -97,6 +97,14 @@ class TurnRunner:
             # No await between the emptiness check above and this removal: a submit cannot slip in.
             self._lanes.pop(key, None)
 
+    def cancel_running(self, key: ConversationKey) -> bool:
+        """Cancel the job running for ``key`` (queued ones still run). False if none runs."""
+        lane = self._lanes.get(key)
+        if lane is None or lane.worker is None or lane.worker.done():
+            return False
+        lane.worker.cancel()
+        return True
+
     async def drain(self, grace: float) -> int:
         """Stop accepting jobs, let running and queued ones finish for up to ``grace`` seconds,
         then cancel what is left. Returns how many conversations were cancelled."""

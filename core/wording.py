@@ -59,6 +59,7 @@ def upload_failed(filename: str) -> str:
     return f"I could not attach {filename} here."
 
 
+NOTHING_TO_STOP = "Nothing is running in this thread."
 HELLO = "Hi! Ask me anything in this thread and I will answer here."
 
 

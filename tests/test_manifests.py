@@ -32,7 +32,7 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
         "files:write",
     } <= scopes
     settings = manifest["settings"]
-    assert {"app_mention", "message.im", "message.channels", "message.groups", "message.mpim"} == set(
+    assert {"app_mention", "message.im", "message.channels", "message.groups", "message.mpim", "agent_session_stopped"} == set(
         settings["event_subscriptions"]["bot_events"]
     )
     assert settings["socket_mode_enabled"] is socket_mode

@@ -13,7 +13,7 @@ from core.backends.responses import ResponsesBackend
 from core.bridge import Bridge
 from core.conversation import ConversationKey
 from core.deliveries import RecentDeliveries
-from core.events import Citation, Done, FailureKind, Progress, Usage
+from core.events import Citation, Done, FailureKind, Notice, Progress, Usage
 from core.messages import InboundMessage
 from core.profiles import ProfileSet
 from core.store import SqliteDictStore
@@ -277,3 +277,37 @@ async def fake_openai_request_seen(fake: FakeOpenAI) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("no request reached the fake")
+
+
+async def test_stop_cancels_the_running_turn_and_the_thread_goes_on(
+    core: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.first_token_delay = 5
+    running = RecordingReply()
+    await core.accept(InboundMessage(KEY, "U1", "write a novel", ("n1",)), running)
+    await fake_openai_request_seen(fake_openai)
+    stop_reply = RecordingReply()
+    await core.accept(InboundMessage(KEY, "U1", "Stop", ("n2",)), stop_reply)
+    await running.finished()
+    assert [f.kind for f in running.failures] == [FailureKind.STOPPED]
+    assert running.failures[0].user_message == "Stopped."
+    assert stop_reply.events == []  # the stopped answer says it; the stop itself needs no reply
+    fake_openai.first_token_delay = 0
+    assert (await ask(core, "short one")).text == "You said: short one"
+
+
+async def test_stop_with_nothing_running_says_so(core: Bridge) -> None:
+    reply = await ask(core, "stop")
+    assert [e.text for e in reply.of_type(Notice)] == ["Nothing is running in this thread."]
+
+
+async def test_conversation_locked_is_waited_out_not_shown(core: Bridge, fake_openai: FakeOpenAI) -> None:
+    locked = HttpError(
+        400,
+        "conversation_locked",
+        "Another process is currently operating on this conversation.",
+        "invalid_request_error",
+    )
+    fake_openai.enqueue(locked, locked, Reply("Got through."))
+    reply = await ask(core, "hi")
+    assert reply.text == "Got through." and reply.failures == []

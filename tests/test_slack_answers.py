@@ -180,3 +180,20 @@ async def test_file_without_text_gets_an_explanation_and_no_backend_call(bridge:
     [note] = bridge.slack.messages("D1", dm["ts"])
     assert "cannot read attached files yet" in note.text and "<!channel>" not in note.text
     assert bridge.openai.requests == []
+
+
+async def test_stop_button_and_stop_word_cancel_the_running_answer(bridge: RunningBridge) -> None:
+    bridge.openai.first_token_delay = 5
+    root = mention("take your time")
+    await bridge.post_event(root)
+    await bridge.slack.wait_for(lambda: len(bridge.openai.requests) == 1)
+    stopped = {"type": "agent_session_stopped", "channel": "C1", "thread_ts": root["ts"], "user": "U1"}
+    await bridge.post_event(stopped)
+    assert await bridge.wait_answers("C1", root["ts"]) == ["⚠️ Stopped."]
+
+    bridge.openai.first_token_delay = 5
+    await bridge.post_event(message("another long one", thread_ts=root["ts"]))
+    await bridge.slack.wait_for(lambda: len(bridge.openai.requests) == 2)
+    await bridge.post_event(message("stop", thread_ts=root["ts"]))
+    answers = await bridge.wait_answers("C1", root["ts"], count=2)
+    assert answers[1] == "⚠️ Stopped."

@@ -54,6 +54,7 @@ class SlackAdapter:
         self.app = AsyncApp(client=self.client, signing_secret=signing_secret, logger=log)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
+        self.app.event("agent_session_stopped")(self._on_stop_button)
         self._socket_handler: Any = None
         self._own_session = False
 
@@ -75,6 +76,11 @@ class SlackAdapter:
         thread_ts = event.get("thread_ts")
         if thread_ts and await self._bridge.answers_thread(self._key(event, context)):
             await self._answer(event, body, context)
+
+    async def _on_stop_button(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
+        """The stop button of Slack's agent UI: cancel the running turn in that thread."""
+        if event.get("channel") and event.get("thread_ts"):
+            self._bridge.stop(self._key({**event, "ts": event["thread_ts"]}, context))
 
     def _key(self, event: dict[str, Any], context: AsyncBoltContext) -> ConversationKey:
         workspace = context.team_id or context.enterprise_id or event.get("team") or ""

@@ -12,7 +12,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix, split_point
 from core import wording
-from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Progress, TextDelta
+from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Notice, Progress, TextDelta
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class SlackReply:
                 self._citations.append(event)
         elif isinstance(event, Failure):
             self._notes.append(event.user_message)
+        elif isinstance(event, Notice):
+            self._pending += neutralise(event.text)
         elif isinstance(event, ImageOut | FileOut):
             await self._upload(event)
         elif isinstance(event, Done):

@@ -26,6 +26,8 @@ from core.wording import tool_progress
 
 log = logging.getLogger(__name__)
 
+_LOCK_RETRIES = 5
+
 _TOOL_ITEMS = {
     "code_interpreter_call": "code_interpreter",
     "file_search_call": "file_search",
@@ -63,8 +65,8 @@ class ResponsesBackend:
             calls: list[Any] = []
             failure: Failure | None = None
             try:
-                stream = await self._client.responses.create(
-                    **self._request(conversation_id, items, profile, allow_tools=not last_round), stream=True
+                stream = await self._create(
+                    self._request(conversation_id, items, profile, allow_tools=not last_round)
                 )
                 async with stream:
                     async for event in stream:
@@ -102,6 +104,21 @@ class ResponsesBackend:
                 await self._settle(conversation_id, items)
                 yield Failure(FailureKind.TOO_MANY_TOOL_ROUNDS, f"rounds={round_no + 1}")
                 return
+
+    async def _create(self, request: dict[str, Any]) -> Any:
+        """responses.create, waiting out ``conversation_locked``: the service may still hold the
+        conversation for a moment after a stopped turn closed its stream (turns are serialised, so
+        nothing else of ours holds it)."""
+        delay = 0.25
+        for attempt in range(_LOCK_RETRIES + 1):
+            try:
+                return await self._client.responses.create(**request, stream=True)
+            except openai.BadRequestError as exc:
+                if exc.code != "conversation_locked" or attempt == _LOCK_RETRIES:
+                    raise
+                log.info("conversation locked; retrying in %.2fs", delay)
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def _settle(self, conversation_id: str, outputs: list[dict[str, Any]]) -> None:
         """Store function outputs that no response took, so the conversation has no unanswered

@@ -397,7 +397,8 @@ class FakeOpenAI:
         app.router.add_get("/v1/conversations/{id}/items", self._list_items)
         app.router.add_post("/v1/conversations/{id}/items", self._add_items)
         app.router.add_post("/v1/responses", self._create_response)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        # handler_cancellation: a client that hangs up ends its response at once, as on the real service.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -1,0 +1,15 @@
+"""Words a user can say to the bot itself rather than to the assistant."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Command(Enum):
+    STOP = "stop"
+
+
+def parse_command(text: str) -> Command | None:
+    """The command ``text`` is, if it is exactly one (case and surrounding space ignored)."""
+    word = text.strip().lower().rstrip("!.")
+    return next((command for command in Command if command.value == word), None)
