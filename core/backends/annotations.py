@@ -76,11 +76,19 @@ def _safe_end(text: str) -> int:
     if bracket != -1 and "]" not in text[bracket:]:
         end = min(end, bracket)  # maybe the label of a sandbox link
     tail = text[max(0, end - 20) : end]
-    for prefix in ("sandbox:/mnt/data/", "](sandbox:", "【"):
-        for size in range(1, len(prefix)):
-            if tail.endswith(prefix[:size]):
-                return min(end, end - size)
+    end -= max(
+        (
+            size
+            for prefix in ("sandbox:/mnt/data/", "](sandbox:")
+            for size in range(1, len(prefix))
+            if tail.endswith(prefix[:size])
+        ),
+        default=0,
+    )
     bare = text.rfind("sandbox:")
     if bare != -1 and not re.search(r"[\s)\]]", text[bare:]):
         end = min(end, bare)
+    if text.startswith("]", end):
+        label = text.rfind("[", 0, end)  # keep a link's label with its (possibly sandbox) URL
+        end = label if label != -1 else end
     return end
