@@ -243,7 +243,7 @@ class AssistantsBackend:
             run = response.parse()
             hint = response.headers.get("openai-poll-after-ms")
             delay = float(hint) / 1000 if hint and hint.isdigit() else min(delay * 2, self._poll_max)
-        if run.status == "completed":
+        if run.status in ("completed", "incomplete"):
             messages = await client.beta.threads.messages.list(
                 thread_id, order="desc", limit=20, run_id=run.id
             )
@@ -286,21 +286,22 @@ class AssistantsBackend:
         elif kind == "thread.message.completed":
             streamed = state.text.pop(data.id, None)
             text = streamed or AnnotatedText()
+            shown = ""
             if streamed is None:  # polled: the whole message at once
                 for block in data.content:
                     if block.type == "text":
                         for annotation in block.text.annotations:
                             async for out in self._annotation(client, annotation, text, state):
                                 yield out
-                        text.feed(block.text.value)
+                        shown += text.feed(block.text.value)
                     elif block.type == "image_file":
                         async for out in self._image(client, block.image_file.file_id, state):
                             yield out
                     elif block.type == "refusal":
-                        text.feed(block.refusal)
-            rest = text.flush()
-            if rest:
-                yield TextDelta(rest)
+                        shown += text.feed(block.refusal)
+            shown += text.flush()
+            if shown:
+                yield TextDelta(shown)
         elif kind in ("thread.run.step.created", "thread.run.step.completed"):
             details = data.step_details
             if details.type == "tool_calls":
