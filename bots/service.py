@@ -30,7 +30,9 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
     ``base_url`` can work (``serve`` refuses to start otherwise)."""
     has_openai = settings.openai_api_key is not None or settings.azure_openai_endpoint is not None
     backends: dict[str, Backend] = {
-        "assistants": AssistantsBackend(build_openai_client(settings) if has_openai else None)
+        "assistants": AssistantsBackend(
+            build_openai_client(settings) if has_openai else None, max_tool_rounds=settings.max_tool_rounds
+        )
     }
     if has_openai:
         backends["responses"] = ResponsesBackend(

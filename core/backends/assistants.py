@@ -32,7 +32,9 @@ from core.wording import tool_progress
 
 log = logging.getLogger(__name__)
 
+# The SDK warns on every Assistants call; using this protocol on purpose is this module's job.
 warnings.filterwarnings("ignore", message="The Assistants API is deprecated", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="deprecated", category=DeprecationWarning, module=__name__)
 
 _ACTIVE = {"queued", "in_progress", "requires_action", "cancelling"}
 _STEP_TOOLS = {"code_interpreter": "code_interpreter", "file_search": "file_search"}
@@ -59,6 +61,7 @@ class AssistantsBackend:
         *,
         make_client: Callable[[str | None, str], openai.AsyncOpenAI] | None = None,
         rate_limit_retries: int = 2,
+        max_tool_rounds: int = 8,
         rate_limit_backoff: float = 2.0,
         poll_start: float = 0.1,
         poll_max: float = 2.0,
@@ -67,6 +70,7 @@ class AssistantsBackend:
         self._make_client = make_client or _client_for
         self._clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
         self._rate_limit_retries = rate_limit_retries
+        self._max_tool_rounds = max_tool_rounds
         self._rate_limit_backoff = rate_limit_backoff
         self._poll_start = poll_start
         self._poll_max = poll_max
@@ -200,6 +204,7 @@ class AssistantsBackend:
         stream: Any = await client.beta.threads.runs.create(
             thread_id, stream=True, **self._run_params(profile)
         )
+        rounds = 0
         while stream is not None:
             next_stream: Any = None
             async with stream:
@@ -208,6 +213,11 @@ class AssistantsBackend:
                     if kind == "thread.run.created":
                         yield event.data.id
                     elif kind == "thread.run.requires_action":
+                        rounds += 1
+                        if rounds > self._max_tool_rounds:
+                            await self._cancel(client, thread_id, event.data.id)
+                            yield Failure(FailureKind.TOO_MANY_TOOL_ROUNDS, f"rounds={rounds}")
+                            return
                         outputs = await self._tool_outputs(event.data, profile)
                         for name in _call_names(event.data):
                             yield Progress(tool_progress("function", name), done=True)
@@ -226,8 +236,14 @@ class AssistantsBackend:
         run = await client.beta.threads.runs.create(thread_id, **self._run_params(profile))
         yield run.id
         delay = self._poll_start
+        rounds = 0
         while True:
             if run.status == "requires_action":
+                rounds += 1
+                if rounds > self._max_tool_rounds:
+                    await self._cancel(client, thread_id, run.id)
+                    yield Failure(FailureKind.TOO_MANY_TOOL_ROUNDS, f"rounds={rounds}")
+                    return
                 outputs = await self._tool_outputs(run, profile)
                 for name in _call_names(run):
                     yield Progress(tool_progress("function", name), done=True)
