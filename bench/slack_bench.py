@@ -27,6 +27,7 @@ import aiohttp
 from bots.service import Service
 from core.profiles import parse_profiles
 from tests import slack_events
+from tests.fakes import assistants_server
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.slack_server import Call, FakeSlack
 from tests.fakes.wiring import settings_for_fakes
@@ -66,9 +67,28 @@ def has_text(call: Call) -> bool:
     return any(call.args.get(name) for name in ("markdown_text", "text", "chunks"))
 
 
+class Backend:
+    """The fake backend under test: Responses (FakeOpenAI) or Assistants v2 (FakeAssistants)."""
+
+    def __init__(self, responses: FakeOpenAI, assistants: assistants_server.FakeAssistants | None) -> None:
+        self.responses, self.assistants = responses, assistants
+
+    @property
+    def calls(self) -> list[tuple[str, str]]:
+        return self.assistants.calls if self.assistants else self.responses.calls
+
+    def enqueue_replies(self, count: int) -> None:
+        if self.assistants:
+            self.assistants.enqueue(
+                *[assistants_server.Say(REPLY_TEXT, chunks=REPLY_CHUNKS) for _ in range(count)]
+            )
+        else:
+            self.responses.enqueue(*[Reply(REPLY_TEXT, chunks=REPLY_CHUNKS) for _ in range(count)])
+
+
 class Bench:
     def __init__(
-        self, http: aiohttp.ClientSession, url: str, openai: FakeOpenAI, slack: FakeSlack, timeout: float
+        self, http: aiohttp.ClientSession, url: str, openai: Backend, slack: FakeSlack, timeout: float
     ) -> None:
         self.http, self.url, self.openai, self.slack, self.timeout = http, url, openai, slack, timeout
 
@@ -118,7 +138,7 @@ class Bench:
         """(a) and (b): one mention at a time; each answer finishes before the next is sent."""
         acks, firsts, completes = [], [], []
         for number in range(turns):
-            self.openai.enqueue(Reply(REPLY_TEXT, chunks=REPLY_CHUNKS))
+            self.openai.enqueue_replies(1)
             event = slack_events.mention(f"question {number}", channel=f"C{prefix}")
             index = len(self.slack.calls)
             posting = asyncio.create_task(self.post(event))
@@ -131,7 +151,7 @@ class Bench:
 
     async def concurrent(self, threads: int) -> tuple[float, list[float]]:
         """(c): `threads` mentions in as many channels at once; (elapsed, per-thread completion)."""
-        self.openai.enqueue(*[Reply(REPLY_TEXT, chunks=REPLY_CHUNKS) for _ in range(threads)])
+        self.openai.enqueue_replies(threads)
         events = [slack_events.mention(f"burst {n}", channel=f"CBURST{n}") for n in range(threads)]
         pending = {e["channel"]: e["ts"] for e in events}
         done: dict[str, float] = {}
@@ -173,8 +193,18 @@ class Bench:
 async def run(args: argparse.Namespace) -> list[Row]:
     timeout = 30.0 + 4 * args.first_token_delay + 20 * args.slack_delay
     fake_slack = FakeSlack("xoxb-test", team_id=slack_events.TEAM, bot_user_id=slack_events.BOT_USER)
-    async with FakeOpenAI(first_token_delay=args.first_token_delay) as openai, fake_slack as slack:
+    assistants = assistants_server.FakeAssistants(first_token_delay=args.first_token_delay)
+    async with (
+        FakeOpenAI(first_token_delay=args.first_token_delay) as openai,
+        fake_slack as slack,
+        assistants,
+    ):
         slack.delay = args.slack_delay
+        backend_fake = Backend(openai, assistants if args.backend == "assistants" else None)
+        profiles = PROFILES
+        if args.backend == "assistants":
+            general = {"backend": "assistants", "assistant_id": "asst_test", "base_url": assistants.base_url}
+            profiles = {"default": "general", "assistants": {"general": general}}
         with tempfile.TemporaryDirectory(prefix="slack-bench-") as tmp:
             settings = settings_for_fakes(
                 openai,
@@ -183,18 +213,20 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 max_concurrent_turns=args.threads,  # so (c) measures the bridge, not its limit
                 log_level="WARNING",
             )
-            service = Service.create(settings, parse_profiles(PROFILES, source="bench"))
+            service = Service.create(settings, parse_profiles(profiles, source="bench"))
             stop, ready = asyncio.Event(), asyncio.Event()
             server = asyncio.create_task(service.run(stop, ready))
             try:
                 await asyncio.wait_for(ready.wait(), 10)
                 connector = aiohttp.TCPConnector(limit=0)
                 async with aiohttp.ClientSession(connector=connector) as http:
-                    bench = Bench(http, f"http://127.0.0.1:{service.bound_port}", openai, slack, timeout)
+                    bench = Bench(
+                        http, f"http://127.0.0.1:{service.bound_port}", backend_fake, slack, timeout
+                    )
                     await bench.sequential(1, "WARMUP")  # first connections and lazy setup: not counted
                     acks, firsts, alone = await bench.sequential(args.turns, "SEQ")
                     await bench.settle()
-                    backend_start, slack_start = len(openai.calls), len(slack.calls)
+                    backend_start, slack_start = len(backend_fake.calls), len(slack.calls)
                     elapsed, completions = await bench.concurrent(args.threads)
                     await bench.settle()
             finally:
@@ -212,7 +244,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
     ]
     turns = args.threads
     backend = Counter(
-        f"{m} {re.sub(r'/(conv|resp|msg)_[0-9a-f]+', '/{id}', p)}" for m, p in openai.calls[backend_start:]
+        f"{m} {re.sub(r'/(conv|resp|msg|thread|run)_[0-9a-f]+', '/{id}', p)}"
+        for m, p in backend_fake.calls[backend_start:]
     )
     for name, count in sorted(backend.items()):
         rows.append(Row(f"(d) backend {name}", "calls/turn", count / turns))
@@ -242,6 +275,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["responses", "assistants"], default="responses")
     parser.add_argument("--first-token-delay", type=float, default=0.2, help="fake backend delay, seconds")
     parser.add_argument("--threads", type=int, default=100, help="threads answered at once in (c)")
     parser.add_argument("--turns", type=int, default=20, help="sequential samples for (a) and (b)")
@@ -253,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = asyncio.run(run(args))
     print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.platform()}")
     print(
-        f"parameters: first_token_delay={args.first_token_delay:g}s threads={args.threads} "
-        f"turns={args.turns} slack_delay={args.slack_delay:g}s "
+        f"parameters: backend={args.backend} first_token_delay={args.first_token_delay:g}s "
+        f"threads={args.threads} turns={args.turns} slack_delay={args.slack_delay:g}s "
         f"reply={len(REPLY_TEXT)} chars in {REPLY_CHUNKS} chunks"
     )
     print(
