@@ -112,18 +112,15 @@ class _ProfileSpec(_Strict):
         return self
 
 
-_ASSISTANTS_ONLY = (
-    "assistant_id",
-    "base_url",
-    "api_key_env",
-    "stream",
+_RUN_CONTROLS = {
     "max_prompt_tokens",
     "max_completion_tokens",
     "truncation_strategy",
     "additional_instructions",
     "tool_choice",
     "parallel_tool_calls",
-)
+}
+_ASSISTANTS_ONLY = ("assistant_id", "base_url", "api_key_env", "stream", *sorted(_RUN_CONTROLS))
 
 
 class _FileSpec(_Strict):
@@ -243,17 +240,7 @@ def _build_profile(name: str, spec: _ProfileSpec, source: str, tool_timeout: flo
     assistants = None
     if spec.backend == "assistants":
         assert spec.assistant_id is not None
-        controls = spec.model_dump(
-            include={
-                "max_prompt_tokens",
-                "max_completion_tokens",
-                "truncation_strategy",
-                "additional_instructions",
-                "tool_choice",
-                "parallel_tool_calls",
-            },
-            exclude_none=True,
-        )
+        controls = spec.model_dump(include=_RUN_CONTROLS, exclude_none=True)
         assistants = AssistantsSettings(
             assistant_id=spec.assistant_id,
             base_url=spec.base_url,

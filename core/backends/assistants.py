@@ -22,8 +22,8 @@ import openai
 
 from core.backend import TurnInput
 from core.backends.annotations import AnnotatedText
-from core.backends.openai_errors import failure_from_code, failure_from_exception
-from core.errors import BackendFailed, BackendUnreachable, ConfigError, ConversationGone
+from core.backends.openai_errors import failure_from_code, failure_from_exception, reachability
+from core.errors import BackendFailed, ConfigError, ConversationGone
 from core.events import Citation, Event, Failure, FailureKind, FileOut, ImageOut, Progress, TextDelta, Usage
 from core.profiles import AssistantProfile, AssistantsSettings
 from core.settings import secret_from_environment
@@ -395,16 +395,8 @@ class AssistantsBackend:
 
     async def check(self, profile: AssistantProfile) -> None:
         settings = _settings(profile)
-        try:
+        async with reachability(f"assistant {settings.assistant_id!r} not found"):
             await self._client(profile).beta.assistants.retrieve(settings.assistant_id)
-        except openai.AuthenticationError as exc:
-            raise BackendUnreachable(f"the API key was refused ({exc.status_code})") from exc
-        except openai.NotFoundError as exc:
-            raise BackendUnreachable(f"assistant {settings.assistant_id!r} not found") from exc
-        except openai.APIConnectionError as exc:
-            raise BackendUnreachable(f"cannot connect: {exc}") from exc
-        except openai.APIStatusError as exc:
-            raise BackendUnreachable(f"the service answered {exc.status_code}: {exc.message}") from exc
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import openai
 
+from core.errors import BackendUnreachable
 from core.events import Failure, FailureKind
 
 _CODE_KINDS = {
@@ -67,3 +70,19 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
             if parsed is not None:
                 return max(0.0, parsed.timestamp() - time.time())
     return None
+
+
+@asynccontextmanager
+async def reachability(not_found: str) -> AsyncIterator[None]:
+    """Turn the errors of a ``check()`` call into :class:`BackendUnreachable` in plain words;
+    ``not_found`` says what a 404 means (e.g. "model 'x' not found")."""
+    try:
+        yield
+    except openai.AuthenticationError as exc:
+        raise BackendUnreachable(f"the API key was refused ({exc.status_code})") from exc
+    except openai.NotFoundError as exc:
+        raise BackendUnreachable(not_found) from exc
+    except openai.APIConnectionError as exc:
+        raise BackendUnreachable(f"cannot connect: {exc}") from exc
+    except openai.APIStatusError as exc:
+        raise BackendUnreachable(f"the service answered {exc.status_code}: {exc.message}") from exc

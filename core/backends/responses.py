@@ -17,8 +17,8 @@ from typing import Any
 import openai
 
 from core.backend import TurnInput
-from core.backends.openai_errors import failure_from_code, failure_from_exception
-from core.errors import BackendFailed, BackendUnreachable, ConversationGone
+from core.backends.openai_errors import failure_from_code, failure_from_exception, reachability
+from core.errors import BackendFailed, ConversationGone
 from core.events import Citation, Event, Failure, FailureKind, Progress, TextDelta, Usage
 from core.profiles import AssistantProfile
 from core.tools import call_tool
@@ -153,16 +153,8 @@ class ResponsesBackend:
         return request
 
     async def check(self, profile: AssistantProfile) -> None:
-        try:
+        async with reachability(f"model or deployment {profile.model!r} not found"):
             await self._client.models.retrieve(profile.model or "")
-        except openai.AuthenticationError as exc:
-            raise BackendUnreachable(f"the API key was refused ({exc.status_code})") from exc
-        except openai.NotFoundError as exc:
-            raise BackendUnreachable(f"model or deployment {profile.model!r} not found") from exc
-        except openai.APIConnectionError as exc:
-            raise BackendUnreachable(f"cannot connect to {self._client.base_url}: {exc}") from exc
-        except openai.APIStatusError as exc:
-            raise BackendUnreachable(f"the service answered {exc.status_code}: {exc.message}") from exc
 
     async def close(self) -> None:
         await self._client.close()
