@@ -14,7 +14,8 @@ import asyncio
 import logging
 import posixpath
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,14 +119,15 @@ class AssistantsBackend:
             run_id: str | None = None
             outcome: Failure | None = None
             try:
-                async for event in self._run(client, conversation_id, profile, state):
-                    if isinstance(event, str):
-                        run_id = event
-                        continue
-                    if isinstance(event, Failure):
-                        outcome = event
-                        break
-                    yield event
+                async with aclosing(self._run(client, conversation_id, profile, state)) as events:
+                    async for event in events:
+                        if isinstance(event, str):
+                            run_id = event
+                            continue
+                        if isinstance(event, Failure):
+                            outcome = event
+                            break
+                        yield event
             except asyncio.CancelledError:
                 if run_id:
                     await asyncio.shield(self._cancel(client, conversation_id, run_id))
@@ -176,7 +178,7 @@ class AssistantsBackend:
 
     def _run(
         self, client: openai.AsyncOpenAI, thread_id: str, profile: AssistantProfile, state: _Turn
-    ) -> AsyncIterator[Event | str]:
+    ) -> AsyncGenerator[Event | str, None]:
         if _settings(profile).stream:
             return self._streamed_run(client, thread_id, profile, state)
         return self._polled_run(client, thread_id, profile, state)
@@ -200,7 +202,7 @@ class AssistantsBackend:
 
     async def _streamed_run(
         self, client: openai.AsyncOpenAI, thread_id: str, profile: AssistantProfile, state: _Turn
-    ) -> AsyncIterator[Event | str]:
+    ) -> AsyncGenerator[Event | str, None]:
         stream: Any = await client.beta.threads.runs.create(
             thread_id, stream=True, **self._run_params(profile)
         )
@@ -232,7 +234,7 @@ class AssistantsBackend:
 
     async def _polled_run(
         self, client: openai.AsyncOpenAI, thread_id: str, profile: AssistantProfile, state: _Turn
-    ) -> AsyncIterator[Event | str]:
+    ) -> AsyncGenerator[Event | str, None]:
         run = await client.beta.threads.runs.create(thread_id, **self._run_params(profile))
         yield run.id
         delay = self._poll_start
