@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 JSON = dict[str, Any]
 
 TOOL_KINDS = ("code_interpreter", "file_search")
@@ -208,7 +210,7 @@ class _Run:
         self.check()
 
 
-class FakeAssistants:
+class FakeAssistants(LoopbackServer):
     """Loopback impersonation of the OpenAI Assistants v2 API.
 
     Every run consumes one enqueued plan (FIFO; `Say()` echo when empty); a `CallFunctions`
@@ -233,8 +235,6 @@ class FakeAssistants:
         self._plans: deque[AssistantsPlan] = deque()
         self._call_numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     @property
     def base_url(self) -> str:
@@ -287,26 +287,13 @@ class FakeAssistants:
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+        await self._serve(app, shutdown_timeout=0.5)
 
     async def close(self) -> None:
         """Stop serving; runs still being played are abandoned."""
         for task in list(self._tasks):
             task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeAssistants:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self._stop()
 
     # ---- plumbing -------------------------------------------------------------------
 

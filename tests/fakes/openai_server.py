@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 JSON = dict[str, Any]
 
 LOCKED_MESSAGE = "Another process is currently operating on this conversation. Please retry in a few seconds."
@@ -347,7 +349,7 @@ class _Turn:
         self.output.append(item)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """Loopback impersonation of the OpenAI Responses + Conversations API.
 
     Every `POST /v1/responses` consumes one enqueued plan (FIFO; `Reply()` echo when empty).
@@ -368,8 +370,6 @@ class FakeOpenAI:
         self._pending: dict[str, list[str]] = {}
         self._call_numbers = itertools.count(1)
         self._active: set[asyncio.Task[Any]] = set()
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     @property
     def base_url(self) -> str:
@@ -398,26 +398,13 @@ class FakeOpenAI:
         app.router.add_post("/v1/conversations/{id}/items", self._add_items)
         app.router.add_post("/v1/responses", self._create_response)
         # handler_cancellation: a client that hangs up ends its response at once, as on the real service.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+        await self._serve(app, shutdown_timeout=0.5, handler_cancellation=True)
 
     async def close(self) -> None:
         """Stop serving; responses still being produced are cancelled."""
         for task in list(self._active):
             task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self._stop()
 
     # ---- plumbing -------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from tests.fakes.loopback import LoopbackServer
+
 MARKDOWN_LIMIT = 12_000
 TEXT_LIMIT = 40_000
 
@@ -76,7 +78,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """Fake Slack Web API server; use as ``async with FakeSlack() as fake:``."""
 
     def __init__(
@@ -104,8 +106,6 @@ class FakeSlack:
         self._rate_limits: dict[str, list[int]] = {}
         self._ts_counter = 0
         self._file_counter = 0
-        self._port: int | None = None
-        self._runner: web.AppRunner | None = None
         # Socket Mode: envelope ids the client acked; for each finished connection, in order, the
         # close code the client sent (its own close, or its answer to ours); issued tickets; and
         # the WebSocket connections still open (oldest first).
@@ -149,31 +149,18 @@ class FakeSlack:
         app.router.add_get("/files-pri/{key}/download/{name}", self._on_private_file)
         app.router.add_get("/files-pri/{key}/{name}", self._on_private_file)
         app.router.add_get("/link/", self._on_socket)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+        await self._serve(app, shutdown_timeout=1.0)
 
     async def close(self) -> None:
         """Close open Socket Mode connections cleanly (close code 1001), then stop the server."""
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeSlack:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self._stop()
 
     @property
     def root_url(self) -> str:
         """``http://127.0.0.1:<port>`` (no trailing slash)."""
-        if self._port is None:
+        if not self._port:
             raise RuntimeError("FakeSlack is not started")
         return f"http://127.0.0.1:{self._port}"
 
