@@ -209,20 +209,7 @@ async def test_file_out_replaces_the_sandbox_link(world: World) -> None:
     file_id = world.assistants.add_file("data.csv", CSV)
     link = "sandbox:/mnt/data/data.csv"
     text = f"Download [the data]({link}) now."
-    start = text.index(link)
-    world.text(
-        text,
-        chunks=6,
-        annotations=[
-            {
-                "type": "file_path",
-                "text": link,
-                "start_index": start,
-                "end_index": start + len(link),
-                "file_path": {"file_id": file_id},
-            }
-        ],
-    )
+    world.text(text, chunks=6, annotations=[A.annotation("file_path", text, link, file_id)])
     reply = await say(world, "make a csv")
     [file] = reply.of_type(FileOut)
     assert file.data == CSV and file.filename == "data.csv"
@@ -251,20 +238,7 @@ async def test_citation(world: World) -> None:
     file_id = world.assistants.add_file("handbook.pdf", b"%PDF", purpose="assistants")
     marker = "【4:0†source】"
     text = f"Holidays are 25 days{marker}."
-    start = text.index(marker)
-    world.text(
-        text,
-        chunks=5,
-        annotations=[
-            {
-                "type": "file_citation",
-                "text": marker,
-                "start_index": start,
-                "end_index": start + len(marker),
-                "file_citation": {"file_id": file_id},
-            }
-        ],
-    )
+    world.text(text, chunks=5, annotations=[A.annotation("file_citation", text, marker, file_id)])
     reply = await say(world, "how many holidays?")
     assert reply.of_type(Citation) == [Citation("handbook.pdf", file_id=file_id)]
     assert reply.text == "Holidays are 25 days[1]."

@@ -32,9 +32,14 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
         "files:write",
     } <= scopes
     settings = manifest["settings"]
-    assert {"app_mention", "message.im", "message.channels", "message.groups", "message.mpim", "agent_session_stopped"} == set(
-        settings["event_subscriptions"]["bot_events"]
-    )
+    assert {
+        "app_mention",
+        "message.im",
+        "message.channels",
+        "message.groups",
+        "message.mpim",
+        "agent_session_stopped",
+    } == set(settings["event_subscriptions"]["bot_events"])
     assert settings["socket_mode_enabled"] is socket_mode
     if not socket_mode:
         assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")

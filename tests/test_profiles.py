@@ -73,8 +73,16 @@ def test_shipped_example_config_is_valid() -> None:
     [
         ('default = "x"\n[assistants.general]\nmodel = "m"\n', "default", "not one of"),
         ('default = "g"\n[assistants.g]\ninstructions = "no model"\n', "assistants.g", "model is required"),
-        ('default = "g"\n[assistants.g]\nmodel = "m"\nmax_prompt_tokens = 1000\n', "assistants.g", "only apply to backend"),
-        ('default = "g"\n[assistants.g]\nbackend = "assistants"\n', "assistants.g", "assistant_id is required"),
+        (
+            'default = "g"\n[assistants.g]\nmodel = "m"\nmax_prompt_tokens = 1000\n',
+            "assistants.g",
+            "only apply to backend",
+        ),
+        (
+            'default = "g"\n[assistants.g]\nbackend = "assistants"\n',
+            "assistants.g",
+            "assistant_id is required",
+        ),
         (
             'default = "g"\n[assistants.g]\nbackend = "assistants"\nassistant_id = "asst_1"\n'
             'truncation_strategy = { type = "auto", last_messages = 3 }\n',

@@ -51,13 +51,14 @@ async def test_assistants_profile_answers_in_slack(
     report = assistants_fake.add_file("report.csv", b"a,b\n1,2\n")
     link = "sandbox:/mnt/data/report.csv"
     text = f"It is 21 degrees. Chart below, data in [the report]({link})."
-    start = text.index(link)
     assistants_fake.enqueue(
         A.CallFunctions([("get_weather", {"city": "Oslo"})]),
-        A.Say(text, chunks=6, image_file_ids=[image], annotations=[{
-            "type": "file_path", "text": link, "start_index": start, "end_index": start + len(link),
-            "file_path": {"file_id": report},
-        }]),
+        A.Say(
+            text,
+            chunks=6,
+            image_file_ids=[image],
+            annotations=[A.annotation("file_path", text, link, report)],
+        ),
     )
     event = mention("weather in Oslo, with a chart")
     await assistants_bridge.post_event(event)

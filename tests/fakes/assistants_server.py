@@ -95,6 +95,18 @@ class Hang:
 AssistantsPlan = Say | CallFunctions | Fail | Incomplete | Expire | StreamError | Hang
 
 
+def annotation(kind: str, text: str, raw: str, file_id: str) -> JSON:
+    """An Assistants v2 annotation (file_citation or file_path) covering ``raw`` in ``text``."""
+    start = text.index(raw)
+    return {
+        "type": kind,
+        "text": raw,
+        "start_index": start,
+        "end_index": start + len(raw),
+        kind: {"file_id": file_id},
+    }
+
+
 class _Cancelled(Exception):
     """Raised inside a run's coroutine once the run has been cancelled."""
 
