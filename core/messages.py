@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from core.conversation import ConversationKey
@@ -22,7 +21,6 @@ class InboundMessage:
     user_id: str
     text: str
     delivery_ids: tuple[str, ...]
-    received_at: float = field(default_factory=time.monotonic)
 
 
 class Reply(Protocol):
