@@ -60,7 +60,7 @@ def _load(settings: Settings) -> ProfileSet | None:
 def _report_missing(settings: Settings, profiles: ProfileSet | None) -> bool:
     missing = settings.missing_for_serve(needs_openai=profiles is None or profiles.needs_default_client)
     for item in missing:
-        _say(f"missing {item.variable}: {item.where}")
+        _say(f"{'conflicting' if item.conflict else 'missing'} {item.variable}: {item.where}")
     return bool(missing)
 
 

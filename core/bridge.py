@@ -19,7 +19,7 @@ from core.events import Done, Event, Failure, FailureKind, Notice, Progress, Tex
 from core.messages import InboundMessage, Reply
 from core.profiles import AssistantProfile, ProfileSet
 from core.store import ConversationStore, ThreadState
-from core.turns import Admission, TurnRunner
+from core.turns import Admission, Job, TurnRunner
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Outcome(Enum):
     DUPLICATE = "duplicate"  # seen before: ignored, no answer
     ANSWERING = "answering"  # a turn runs or is queued for it
     REFUSED = "refused"  # the user was told why (queue full, shutting down)
-    COMMAND = "command"  # a command for the bot itself (stop) was carried out
+    COMMAND = "command"  # a command for the bot itself (help, reset, stop) was carried out
 
 
 @dataclass
@@ -81,23 +81,42 @@ class Bridge:
         if not await self._deliveries.first_sighting(message.delivery_ids):
             log.info("duplicate delivery key=%s ids=%s", message.key, ",".join(message.delivery_ids))
             return Outcome.DUPLICATE
-        if parse_command(message.text) is Command.STOP:
+        command = parse_command(message.text)
+        if command is Command.STOP:
             if not self.stop(message.key):
-                await _emit(reply, Notice(wording.NOTHING_TO_STOP))
-                await _emit(reply, Done())
+                await self._tell(reply, wording.NOTHING_TO_STOP)
             return Outcome.COMMAND
+        if command is Command.HELP:
+            await self._tell(reply, wording.HELP)
+            return Outcome.COMMAND
+        if command is Command.RESET:
+            # In the thread's lane, so that messages sent before it are answered first.
+            outcome = await self._submit(message.key, reply, lambda: self._reset(message.key, reply))
+            return Outcome.COMMAND if outcome is Outcome.ANSWERING else outcome
         queued_at = time.monotonic()
+        return await self._submit(message.key, reply, lambda: self._turn(message, reply, queued_at))
+
+    async def _submit(self, key: ConversationKey, reply: Reply, job: Job) -> Outcome:
         admission = self._runner.submit(
-            message.key,
-            lambda: self._turn(message, reply, queued_at),
-            on_abandon=lambda: self._refuse(reply, FailureKind.SHUTTING_DOWN),
+            key, job, on_abandon=lambda: self._refuse(reply, FailureKind.SHUTTING_DOWN)
         )
         if admission in (Admission.STARTED, Admission.QUEUED):
             return Outcome.ANSWERING
         kind = FailureKind.QUEUE_FULL if admission is Admission.QUEUE_FULL else FailureKind.SHUTTING_DOWN
-        log.warning("message refused key=%s reason=%s", message.key, kind.value)
+        log.warning("message refused key=%s reason=%s", key, kind.value)
         await self._refuse(reply, kind)
         return Outcome.REFUSED
+
+    async def _reset(self, key: ConversationKey, reply: Reply) -> None:
+        state = await self._store.get(key)
+        if state is not None:
+            await self._store.put(key, state.reset())
+        log.info("conversation reset key=%s", key)
+        await self._tell(reply, wording.RESET_DONE)
+
+    async def _tell(self, reply: Reply, text: str) -> None:
+        await _emit(reply, Notice(text))
+        await _emit(reply, Done())
 
     async def _refuse(self, reply: Reply, kind: FailureKind) -> None:
         await _emit(reply, Failure(kind))
@@ -154,7 +173,7 @@ class Bridge:
         backend = self._backends[profile.backend]
         turn = TurnInput(text=message.text, user_id=message.user_id)
         state = await self._store.get(message.key)
-        if state is None or state.backend != backend.name:
+        if state is None or state.backend != backend.name or not state.conversation_id:
             state = await self._open(message.key, profile, backend)
         try:
             async for event in backend.run_turn(state.conversation_id, turn, profile):

@@ -1,4 +1,8 @@
-"""Words a user can say to the bot itself rather than to the assistant."""
+"""Words a user can say to the bot itself rather than to the assistant.
+
+One grammar for every platform: Slack messages in the bot's threads and Teams messages after the
+@mention both reach :func:`parse_command` before anything goes to a backend.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from enum import Enum
 
 
 class Command(Enum):
+    HELP = "help"
+    RESET = "reset"
     STOP = "stop"
 
 

@@ -25,5 +25,7 @@ class ConversationKey:
 
     @classmethod
     def parse(cls, value: str) -> ConversationKey:
-        platform, workspace, channel, thread = value.split(":", 3)
+        # Teams chat ids hold colons ("19:…@thread.v2", "a:…"); workspace and thread ids never do.
+        platform, workspace, rest = value.split(":", 2)
+        channel, thread = rest.rsplit(":", 1)
         return cls(platform, workspace, channel, thread)

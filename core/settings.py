@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,36 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
     slack_api_url: str | None = Field(None, validation_alias=_env("SLACK_API_URL"))
 
+    # Microsoft Teams (an Azure Bot registration). The Bot Framework names are the conventional ones;
+    # the Agents SDK's own CONNECTIONS__SERVICE_CONNECTION__SETTINGS__* names are read too.
+    teams_app_id: str | None = Field(
+        None,
+        validation_alias=_env(
+            "MicrosoftAppId", "MICROSOFT_APP_ID", "CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID"
+        ),
+    )
+    teams_app_password: SecretStr | None = Field(
+        None,
+        validation_alias=_env(
+            "MicrosoftAppPassword",
+            "MICROSOFT_APP_PASSWORD",
+            "CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTSECRET",
+        ),
+    )
+    teams_tenant_id: str | None = Field(
+        None,
+        validation_alias=_env(
+            "MicrosoftAppTenantId",
+            "MICROSOFT_APP_TENANT_ID",
+            "CONNECTIONS__SERVICE_CONNECTION__SETTINGS__TENANTID",
+        ),
+    )
+    teams_app_type: Literal["SingleTenant", "UserAssignedMSI"] = Field(
+        "SingleTenant", validation_alias=_env("MicrosoftAppType", "MICROSOFT_APP_TYPE")
+    )
+    # Local testing only (e.g. the Microsoft 365 Agents Playground): accept requests without a token.
+    teams_allow_anonymous: bool = Field(False, validation_alias=_env("TEAMS_ALLOW_ANONYMOUS"))
+
     # The bridge
     config_path: str = Field("assistants.toml", validation_alias=_env("ASSISTANT_BRIDGE_CONFIG"))
     store_path: str = Field("assistant-bridge.sqlite", validation_alias=_env("ASSISTANT_BRIDGE_STORE"))
@@ -49,16 +80,36 @@ class Settings(BaseSettings):
     def slack_socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None
+
+    @property
+    def teams_enabled(self) -> bool:
+        """Teams is served at /api/messages with an app id (tokens checked) or, for local testing
+        without one, when anonymous requests are explicitly allowed."""
+        return self.teams_app_id is not None or self.teams_allow_anonymous
+
     def missing_for_serve(self, needs_openai: bool = True) -> list[MissingSetting]:
         """Every setting ``serve`` needs that is not set, with where to get it. ``needs_openai``
         is False when every profile names its own server (assistants profiles with base_url)."""
         missing: list[MissingSetting] = []
         if needs_openai and self.openai_api_key is None and self.azure_openai_endpoint is None:
             missing.append(_MISSING["OPENAI_API_KEY"])
-        if self.slack_bot_token is None:
+        if self.slack_bot_token is None and not self.teams_enabled:
             missing.append(_MISSING["SLACK_BOT_TOKEN"])
-        if self.slack_app_token is None and self.slack_signing_secret is None:
+        if (self.slack_enabled or not self.teams_enabled) and (
+            self.slack_app_token is None and self.slack_signing_secret is None
+        ):
             missing.append(_MISSING["SLACK_SIGNING_SECRET"])
+        if self.teams_app_id is not None:
+            if self.teams_allow_anonymous:
+                missing.append(_MISSING["TEAMS_ALLOW_ANONYMOUS"])
+            if self.teams_app_type == "SingleTenant":
+                if self.teams_app_password is None:
+                    missing.append(_MISSING["MicrosoftAppPassword"])
+                if self.teams_tenant_id is None:
+                    missing.append(_MISSING["MicrosoftAppTenantId"])
         return missing
 
 
@@ -66,6 +117,7 @@ class Settings(BaseSettings):
 class MissingSetting:
     variable: str
     where: str
+    conflict: bool = False  # set, but must not be (with what it conflicts with in ``where``)
 
 
 _MISSING = {
@@ -79,12 +131,27 @@ _MISSING = {
         MissingSetting(
             "SLACK_BOT_TOKEN",
             "the xoxb- token under OAuth & Permissions of your Slack app (api.slack.com/apps), "
-            "after installing it to the workspace",
+            "after installing it to the workspace (or set MicrosoftAppId to serve Microsoft Teams only)",
         ),
         MissingSetting(
             "SLACK_SIGNING_SECRET",
             "Basic Information > App Credentials > Signing Secret of your Slack app; or set "
             "SLACK_APP_TOKEN (an xapp- token with connections:write) to use Socket Mode instead",
+        ),
+        MissingSetting(
+            "MicrosoftAppPassword",
+            "a client secret of the bot's Microsoft Entra app (Azure Bot > Configuration > Manage "
+            "Password); or set MicrosoftAppType=UserAssignedMSI to use a managed identity",
+        ),
+        MissingSetting(
+            "MicrosoftAppTenantId",
+            "the Directory (tenant) id of the bot's Microsoft Entra app (a SingleTenant app needs it)",
+        ),
+        MissingSetting(
+            "TEAMS_ALLOW_ANONYMOUS",
+            "is set together with MicrosoftAppId; with an app id every Teams request's token is checked, "
+            "so remove TEAMS_ALLOW_ANONYMOUS (it is for local testing without an app id)",
+            conflict=True,
         ),
     )
 }

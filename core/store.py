@@ -19,7 +19,8 @@ from core.conversation import ConversationKey
 
 @dataclass(frozen=True)
 class ThreadState:
-    """What the bridge remembers about one chat thread."""
+    """What the bridge remembers about one chat thread. An empty ``conversation_id`` means the
+    thread was reset: the bot still answers in it, and its next turn opens a new conversation."""
 
     conversation_id: str
     backend: str
@@ -30,6 +31,9 @@ class ThreadState:
 
     def after_turn(self, now: float | None = None) -> ThreadState:
         return replace(self, last_turn_at=now or time.time(), turns=self.turns + 1)
+
+    def reset(self) -> ThreadState:
+        return replace(self, conversation_id="")
 
 
 class ConversationStore(Protocol):

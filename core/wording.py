@@ -60,6 +60,14 @@ def upload_failed(filename: str) -> str:
 
 
 NOTHING_TO_STOP = "Nothing is running in this thread."
+RESET_DONE = "Done: the next message here starts a new conversation with the assistant."
+HELP = (
+    "Ask me anything here and I will answer in this thread. "
+    "Say one of these on its own to talk to me rather than the assistant:\n"
+    "- `help`: this list\n"
+    "- `reset`: start a new conversation in this thread\n"
+    "- `stop`: stop the answer being written"
+)
 HELLO = "Hi! Ask me anything in this thread and I will answer here."
 
 

@@ -161,3 +161,7 @@ def test_conversation_key_round_trips() -> None:
     k = ConversationKey("slack", "T1", "C1", "1700000000.000100")
     assert str(k) == "slack:T1:C1:1700000000.000100"
     assert ConversationKey.parse(str(k)) == k
+    teams = ConversationKey("teams", "tenant-1", "19:abc@thread.tacv2", "1700000000000")
+    assert ConversationKey.parse(str(teams)) == teams
+    chat = ConversationKey("teams", "tenant-1", "a:1xyz", "")
+    assert ConversationKey.parse(str(chat)) == chat

@@ -197,3 +197,24 @@ async def test_stop_button_and_stop_word_cancel_the_running_answer(bridge: Runni
     await bridge.post_event(message("stop", thread_ts=root["ts"]))
     answers = await bridge.wait_answers("C1", root["ts"], count=2)
     assert answers[1] == "⚠️ Stopped."
+
+
+async def test_help_and_reset_are_answered_by_the_bot_itself(bridge: RunningBridge) -> None:
+    root = mention("remember the number 7")
+    await bridge.post_event(root)
+    await bridge.wait_answers("C1", root["ts"])
+    await bridge.post_event(message("help", thread_ts=root["ts"]))
+    answers = await bridge.wait_answers("C1", root["ts"], count=2)
+    assert "`reset`" in answers[1] and "`stop`" in answers[1]
+
+    await bridge.post_event(message("Reset", thread_ts=root["ts"]))
+    answers = await bridge.wait_answers("C1", root["ts"], count=3)
+    assert "new conversation" in answers[2]
+    await bridge.post_event(message("what number?", thread_ts=root["ts"]))
+    await bridge.wait_answers("C1", root["ts"], count=4)
+
+    # help and reset never reach the backend; the message after reset opens a new conversation
+    assert len(bridge.openai.requests) == 2
+    assert bridge.openai.count("POST", "/v1/conversations") == 2
+    first, second = (r["conversation"] for r in bridge.openai.requests)
+    assert first != second

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix, split_point
+from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix
 from core import wording
 from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Notice, Progress, TextDelta
+from core.text import split_point
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,3 @@ def safe_prefix(text: str) -> int:
     """How much of streamed ``text`` can be neutralised now: a trailing ``@he`` may become ``@here``."""
     match = _PARTIAL_BROADCAST.search(text)
     return match.start() if match else len(text)
-
-
-def split_point(text: str, limit: int) -> int:
-    """The best place to end a message within ``text[:limit]``: after the last paragraph break,
-    else line break, else space. 0 when there is none."""
-    for separator in ("\n\n", "\n", " "):
-        cut = text.rfind(separator, 0, limit)
-        if cut > 0:
-            return cut + len(separator)
-    return 0
