@@ -1,4 +1,4 @@
-"""The ``assistant-bridge`` command: ``serve`` and ``check``."""
+"""The ``assistant-bridge`` command: ``serve``, ``check`` and ``teams-package``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -24,7 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     check = sub.add_parser("check", help="validate the configuration and reach each configured service")
     check.add_argument("--config", help="assistant profiles file")
+    package = sub.add_parser(
+        "teams-package", help="write the Teams app package (manifest and icons) to upload to Teams"
+    )
+    package.add_argument(
+        "--app-id",
+        required=True,
+        help="the bot's Microsoft App ID (MicrosoftAppId: the Azure Bot's Entra application (client) id)",
+    )
+    package.add_argument("--teams-app-id", help="the Teams app's own id (default: the --app-id)")
+    package.add_argument("--host", help="the bot's public hostname, e.g. bot.example.com (validDomains)")
+    package.add_argument("--name", help="the name people see in Teams (at most 30 characters)")
+    package.add_argument(
+        "--version", default="1.0.0", help="app version; raise it when you upload a changed package"
+    )
+    package.add_argument(
+        "--out", type=Path, default=Path("assistant-bridge-teams.zip"), help="zip file to write"
+    )
     args = parser.parse_args(argv)
+    if args.command == "teams-package":  # needs no settings: packaging comes before configuring
+        return _teams_package(args)
 
     try:
         settings = Settings()
@@ -47,6 +67,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+def _teams_package(args: argparse.Namespace) -> int:
+    from bots.teams.package import build_package
+
+    try:
+        path = build_package(
+            args.app_id,
+            args.out,
+            app_id=args.teams_app_id,
+            host=args.host,
+            name=args.name,
+            version=args.version,
+        )
+    except ValueError as exc:
+        _say(f"teams-package: {exc}")
+        return 2
+    except OSError as exc:
+        _say(f"teams-package: {exc}")
+        return 1
+    print(path)
+    return 0
 
 
 def _load(settings: Settings) -> ProfileSet | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bots.slack.adapter import EVENTS_PATH, SlackAdapter
+from bots.teams.adapter import MESSAGES_PATH, TeamsAdapter
 from core.backend import Backend
 from core.backends.assistants import AssistantsBackend
 from core.backends.clients import build_openai_client
@@ -60,7 +61,8 @@ class Service:
 
     settings: Settings
     bridge: Bridge
-    slack: SlackAdapter
+    slack: SlackAdapter | None
+    teams: TeamsAdapter | None
     draining: bool = False
     bound_port: int | None = None
 
@@ -69,13 +71,20 @@ class Service:
         cls, settings: Settings, profiles: ProfileSet, backends: Mapping[str, Backend] | None = None
     ) -> Service:
         bridge = build_bridge(settings, profiles, backends or build_backends(settings))
-        return cls(settings=settings, bridge=bridge, slack=SlackAdapter(bridge, settings))
+        return cls(
+            settings=settings,
+            bridge=bridge,
+            slack=SlackAdapter(bridge, settings) if settings.slack_enabled else None,
+            teams=TeamsAdapter(bridge, settings) if settings.teams_enabled else None,
+        )
 
     def web_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        if not self.settings.slack_socket_mode:
+        if self.slack is not None and not self.settings.slack_socket_mode:
             app.router.add_post(EVENTS_PATH, self.slack.handle_http)
+        if self.teams is not None:
+            self.teams.install(app)
         return app
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -90,25 +99,37 @@ class Service:
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
         self.bound_port = self.port(runner)
-        await self.slack.start()
+        if self.slack is not None:
+            await self.slack.start()
+        if self.teams is not None:
+            self.teams.announce()
         log.info(
-            "serving host=%s port=%s slack=%s",
+            "serving host=%s port=%s slack=%s teams=%s",
             self.settings.host,
             self.bound_port,
-            "socket_mode" if self.settings.slack_socket_mode else f"http {EVENTS_PATH}",
+            "off"
+            if self.slack is None
+            else "socket_mode"
+            if self.settings.slack_socket_mode
+            else EVENTS_PATH,
+            "off" if self.teams is None else MESSAGES_PATH,
         )
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("shutting down: no new events; grace=%ss", self.settings.shutdown_grace)
         self.draining = True
-        await self.slack.stop()
+        if self.slack is not None:
+            await self.slack.stop()
         await site.stop()
         cancelled = await self.bridge.drain(self.settings.shutdown_grace)
         if cancelled:
             log.warning("shutdown cancelled %d unfinished turns after the grace period", cancelled)
         await runner.cleanup()
-        await self.slack.close()
+        if self.teams is not None:
+            await self.teams.close()
+        if self.slack is not None:
+            await self.slack.close()
         await self.bridge.close()
         log.info("stopped")
 

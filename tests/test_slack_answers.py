@@ -158,6 +158,7 @@ async def test_socket_mode_first_delivery_with_retry_num_zero_is_answered(bridge
     request = AsyncBoltRequest(
         body=encode(event_callback(event)).decode(), mode="socket_mode", headers={"X-Slack-Retry-Num": "0"}
     )
+    assert bridge.service.slack is not None
     response = await bridge.service.slack.app.async_dispatch(request)
     assert response.status == 200
     assert await bridge.wait_answers("C1", event["ts"]) == ["You said: over the socket"]

@@ -1,0 +1,1 @@
+"""Microsoft Teams adapter (Microsoft 365 Agents SDK)."""

@@ -1,0 +1,216 @@
+"""The Teams adapter: POST /api/messages on the Microsoft 365 Agents SDK, answered in the background.
+
+Teams re-sends a request it has no answer to within about 15 seconds, so every activity is
+acknowledged at once (202) and its turn runs in the background, answering through the saved
+conversation reference (:class:`bots.teams.outbound.Outbound`). A re-sent activity (same id) is a
+duplicate for the core and gets no second answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import warnings
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_exceptions import NotAppKeyWarning
+from microsoft_agents.activity import Activity, ActivityTypes
+from microsoft_agents.authentication.msal import MsalConnectionManager
+from microsoft_agents.hosting.aiohttp import CloudAdapter, jwt_authorization_decorator
+from microsoft_agents.hosting.core import AgentAuthConfiguration, OutboundHostValidator, TurnContext
+from microsoft_agents.hosting.core.authorization import AuthTypes, ClaimsIdentity
+from pydantic import ValidationError
+
+from bots.teams.outbound import Outbound
+from bots.teams.reply import TeamsReply
+from core import wording
+from core.bridge import Bridge
+from core.conversation import ConversationKey
+from core.events import Done, Notice
+from core.messages import InboundMessage
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MESSAGES_PATH = "/api/messages"
+_MESSAGE_ID = re.compile(r";messageid=(\d+)$")
+# Attachments Teams adds to every channel message (the message itself as HTML) are not files.
+_NOT_FILES = ("text/html", "application/vnd.microsoft.card.")
+
+
+def auth_configuration(settings: Settings) -> AgentAuthConfiguration:
+    """The Agents SDK's connection settings from the bridge's (Bot Framework style) settings."""
+    if settings.teams_app_id is None:
+        return AgentAuthConfiguration(anonymous_allowed=True)
+    password = settings.teams_app_password.get_secret_value() if settings.teams_app_password else None
+    return AgentAuthConfiguration(
+        auth_type=AuthTypes.client_secret
+        if settings.teams_app_type == "SingleTenant"
+        else AuthTypes.user_managed_identity,
+        client_id=settings.teams_app_id,
+        tenant_id=settings.teams_tenant_id,
+        client_secret=password,
+        anonymous_allowed=False,
+    )
+
+
+class TeamsAdapter:
+    """Translates Teams activities into :class:`core.messages.InboundMessage` and renders the
+    answers with :class:`bots.teams.reply.TeamsReply`."""
+
+    def __init__(self, bridge: Bridge, settings: Settings) -> None:
+        self._bridge = bridge
+        self._app_id = settings.teams_app_id
+        self.auth = auth_configuration(settings)
+        self.adapter = CloudAdapter(
+            connection_manager=MsalConnectionManager(
+                connections_configurations={"SERVICE_CONNECTION": self.auth}
+            ),
+            # With an app id the bot holds real tokens: they go to Microsoft's own hosts only.
+            host_validator=OutboundHostValidator(enabled=self._app_id is not None),
+        )
+        self.adapter.on_turn_error = self._on_turn_error
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def anonymous(self) -> bool:
+        return self._app_id is None
+
+    def install(self, app: web.Application) -> None:
+        """Serve POST /api/messages on ``app``; the SDK checks each request's token first."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotAppKeyWarning)  # the SDK looks it up by this string
+            app["agent_configuration"] = self.auth
+        app.router.add_post(MESSAGES_PATH, jwt_authorization_decorator(self._handle))  # type: ignore[no-untyped-call]
+
+    def announce(self) -> None:
+        if self.anonymous:
+            log.warning(
+                "TEAMS IS OPEN TO ANYONE: no MicrosoftAppId is set and TEAMS_ALLOW_ANONYMOUS is on, so "
+                "%s accepts requests WITHOUT A TOKEN. Use this for local testing only.",
+                MESSAGES_PATH,
+            )
+        else:
+            log.info("teams: %s checks tokens for app %s", MESSAGES_PATH, self._app_id)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            response = await self.adapter.process(request, self)
+        except ValidationError as exc:
+            log.warning("teams: malformed activity (%d errors)", exc.error_count())
+            return web.json_response({"error": "malformed activity"}, status=400)
+        return response or web.Response(status=202)
+
+    async def on_turn(self, context: TurnContext) -> None:
+        """Called by the SDK for each inbound activity, within the HTTP request: hands the work to
+        a background task and returns, so Teams gets its 202 at once."""
+        activity = context.activity
+        if activity.type == ActivityTypes.message:
+            self._spawn(self._on_message(activity))
+        elif activity.type == ActivityTypes.conversation_update:
+            self._spawn(self._on_conversation_update(activity))
+        else:
+            log.debug("teams: ignoring %s activity", activity.type)
+
+    async def _on_turn_error(self, context: TurnContext, error: Exception) -> None:
+        log.error("teams turn failed: %s", error, exc_info=error)
+
+    async def _on_message(self, activity: Activity) -> None:
+        if (
+            activity.from_property
+            and activity.recipient
+            and activity.from_property.id == activity.recipient.id
+        ):
+            return
+        conversation_type = _conversation_type(activity)
+        key = _key(activity)
+        text = _text(activity)
+        reply = self._reply(activity, conversation_type, key)
+        files = _file_names(activity)
+        if not text:
+            greeting = wording.files_not_read(files, answered_text=False) if files else wording.HELLO
+            await reply.emit(Notice(greeting))
+            await reply.emit(Done())
+            return
+        if files:
+            reply._notes.append(wording.files_not_read(files, answered_text=True))
+        user = activity.from_property
+        message = InboundMessage(
+            key=key,
+            user_id=(user.aad_object_id or user.id or "") if user else "",
+            text=text,
+            delivery_ids=(f"teams:{activity.conversation.id}:{activity.id}",),
+        )
+        await self._bridge.accept(message, reply)
+
+    async def _on_conversation_update(self, activity: Activity) -> None:
+        """Say hello once when the bot is added to a personal chat."""
+        bot = activity.recipient.id if activity.recipient else None
+        added = [member.id for member in activity.members_added or []]
+        if bot in added and _conversation_type(activity) == "personal":
+            reply = self._reply(activity, "personal", _key(activity))
+            await reply.emit(Notice(wording.HELLO))
+            await reply.emit(Done())
+
+    def _reply(self, activity: Activity, conversation_type: str, key: ConversationKey) -> TeamsReply:
+        reference = activity.get_conversation_reference().model_dump(
+            by_alias=True, exclude_none=True, mode="json"
+        )
+        identity = self.adapter.create_claims_identity(self._app_id) if self._app_id else ClaimsIdentity()
+        return TeamsReply(
+            Outbound(self.adapter, identity, reference),
+            streaming=conversation_type == "personal",
+            typing=conversation_type in ("personal", "groupChat"),
+            on_user_stop=lambda: self._bridge.stop(key),
+        )
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("teams: handling an activity failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Wait for the activities being handed over (their turns belong to the bridge)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+
+
+def _conversation_type(activity: Activity) -> str:
+    conversation = activity.conversation
+    if conversation.conversation_type:
+        return conversation.conversation_type
+    return "personal" if conversation.id.startswith("a:") else "groupChat"
+
+
+def _key(activity: Activity) -> ConversationKey:
+    """Tenant + conversation; in a channel each reply chain (``;messageid=<root>``) is its own."""
+    conversation = activity.conversation
+    channel_data: dict[str, Any] = activity.channel_data if isinstance(activity.channel_data, dict) else {}
+    tenant = conversation.tenant_id or (channel_data.get("tenant") or {}).get("id") or ""
+    match = _MESSAGE_ID.search(conversation.id)
+    if match:
+        return ConversationKey("teams", tenant, conversation.id[: match.start()], match.group(1))
+    return ConversationKey("teams", tenant, conversation.id, "")
+
+
+def _text(activity: Activity) -> str:
+    """The user's words: the bot's mention removed, HTML entities decoded."""
+    text = activity.remove_recipient_mention() if activity.text else ""
+    text = re.sub(r"</?at>", "", text)
+    return html.unescape(text).replace("\u00a0", " ").strip()
+
+
+def _file_names(activity: Activity) -> list[str]:
+    return [
+        attachment.name or attachment.content_type or "a file"
+        for attachment in activity.attachments or []
+        if not (attachment.content_type or "").startswith(_NOT_FILES)
+    ]

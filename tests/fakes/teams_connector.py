@@ -1,0 +1,409 @@
+"""A loopback fake of the Bot Framework / Teams Bot Connector REST API for offline tests.
+
+`FakeConnector` is an aiohttp server on 127.0.0.1 (random port) serving the
+``v3/conversations/{id}/activities[/{activityId}]`` routes that the real Agents SDK
+``ConnectorClient`` calls, so a bot under test can be handed activities whose
+``serviceUrl`` is ``fake.service_url``. It records every request in
+:attr:`FakeConnector.sent`, keeps what a user now sees in each conversation
+(:meth:`FakeConnector.visible`), plays Teams' streaming protocol (201 then 202 then a
+final message; 405 outside personal chats; 403 after Stop or the two-minute cap),
+enforces the 100 KB message limit and the inline-image limits, and can be told to
+rate-limit, fail or slow down the next requests. Breaches of the protocol land in
+:attr:`FakeConnector.protocol_errors`: tests assert it stays empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import io
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from PIL import Image
+
+from tests.fakes.loopback import LoopbackServer
+
+MESSAGE_LIMIT = 100_000
+IMAGE_BYTES_LIMIT = 1_048_576
+IMAGE_SIDE_LIMIT = 1024
+NOT_PERSONAL = "Streaming API is not enabled for non personal scope."
+CANCELLED = "Content stream was cancelled by user."
+TIMED_OUT = "Content stream finished due to exceeded streaming time."
+COMPLETED = "Content stream is not allowed on an already completed streamed message"
+NOT_CUMULATIVE = "Request streamed content should contain the previously streamed content"
+_DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif);base64,(.*)", re.DOTALL)
+_JITTER = 0.05
+
+
+@dataclass
+class Sent:
+    """One request as the fake received it, with the status it answered."""
+
+    conversation_id: str
+    reply_to_id: str | None
+    activity: dict[str, Any]
+    authorization: str | None
+    status: int
+    at: float
+
+
+@dataclass
+class Visible:
+    """A message (or a stream, as one message) as the user now sees it."""
+
+    id: str
+    text: str
+    attachments: list[dict[str, Any]]
+    streamed: bool
+    finished: bool
+    reply_to_id: str | None
+
+
+@dataclass
+class _Stream:
+    conversation_id: str
+    entry: Visible
+    started: float
+    last_at: float
+    sequence: int
+    streamed_text: str
+    state: str = "open"  # open | finished | stopped | timed_out
+    refusals: int = 0
+
+
+class _Refused(Exception):
+    """Raised while answering a request: reply ``status`` with a Bot Framework error body."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+class FakeConnector(LoopbackServer):
+    """Fake Bot Connector service; use as ``async with FakeConnector() as fake:``."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+        self.protocol_errors: list[str] = []
+        self.delay: float = 0.0
+        self.min_stream_interval: float = 1.0
+        self.stream_time_limit: float = 120.0
+        self.message_limit: int = MESSAGE_LIMIT
+        self._conversations: dict[str, list[Visible]] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._rate_limits: list[int] = []
+        self._failures: list[tuple[int, str]] = []
+        self._id_counter = 0
+
+    async def start(self) -> None:
+        """Start listening on 127.0.0.1 on a free port."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v3/conversations/{cid}/activities", self._on_activity)
+        app.router.add_post("/v3/conversations/{cid}/activities/{aid}", self._on_activity)
+        app.router.add_put("/v3/conversations/{cid}/activities/{aid}", self._on_activity)
+        await self._serve(app, shutdown_timeout=1.0)
+
+    @property
+    def service_url(self) -> str:
+        """The ``serviceUrl`` to put in inbound activities: ``http://127.0.0.1:<port>/``."""
+        if not self._port:
+            raise RuntimeError("FakeConnector is not started")
+        return f"http://127.0.0.1:{self._port}/"
+
+    # ------------------------------------------------------------- test helpers
+
+    def rate_limit(self, times: int = 1, retry_after: int = 1) -> None:
+        """Answer the next ``times`` requests with 429, ``Retry-After: retry_after``."""
+        self._rate_limits.extend([retry_after] * times)
+
+    def fail(self, status: int, code: str, times: int = 1) -> None:
+        """Answer the next ``times`` requests with ``status`` and ``{"error": {"code": code, ...}}``."""
+        self._failures.extend([(status, code)] * times)
+
+    def stop_streams(self) -> None:
+        """The user presses Stop: open streams refuse further updates and finals with 403."""
+        for stream in self._streams.values():
+            if stream.state == "open":
+                stream.state = "stopped"
+
+    def visible(self, conversation_id: str) -> list[Visible]:
+        """Copies of what the user now sees in ``conversation_id``, in post order."""
+        return [
+            dataclasses.replace(v, attachments=list(v.attachments))
+            for v in self._conversation(conversation_id)
+        ]
+
+    def typing_count(self, conversation_id: str) -> int:
+        """How many plain typing activities (no streaminfo) were accepted in ``conversation_id``."""
+        return sum(
+            1
+            for s in self.sent
+            if s.conversation_id == conversation_id
+            and s.activity.get("type") == "typing"
+            and _stream_info(s.activity) is None
+            and s.status == 200
+        )
+
+    def stream_updates(self, conversation_id: str) -> list[Sent]:
+        """Accepted streaming typing updates (201 or 202) in ``conversation_id``, in arrival order."""
+        return [
+            s
+            for s in self.sent
+            if s.conversation_id == conversation_id
+            and s.activity.get("type") == "typing"
+            and _stream_info(s.activity) is not None
+            and s.status in (201, 202)
+        ]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Poll ``predicate`` every 10 ms; after ``timeout`` s raise AssertionError listing recent requests."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() >= deadline:
+                recent = "\n".join(
+                    f"  {s.status} {s.conversation_id} {s.activity.get('type')} {s.activity.get('text')!r:.80}"
+                    for s in self.sent[-20:]
+                )
+                raise AssertionError(
+                    f"condition not met within {timeout}s; last requests:\n{recent or '  (none)'}"
+                )
+            await asyncio.sleep(0.01)
+
+    # --------------------------------------------------------------- HTTP layer
+
+    async def _on_activity(self, request: web.Request) -> web.Response:
+        """Record the request, wait ``delay``, then answer like the Bot Connector."""
+        cid = request.match_info["cid"]
+        aid = request.match_info.get("aid")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        activity: dict[str, Any] = body if isinstance(body, dict) else {}
+        put = request.method == "PUT"
+        sent = Sent(
+            cid, None if put else aid, activity, request.headers.get("Authorization"), 0, time.monotonic()
+        )
+        self.sent.append(sent)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        try:
+            if not activity:
+                raise _Refused(400, "BadArgument", "The request body is not an Activity")
+            sent.status, payload = self._answer(cid, aid, put, activity, sent.at)
+            return web.json_response(payload, status=sent.status)
+        except _Refused as e:
+            sent.status = e.status
+            error = {"error": {"code": e.code, "message": e.message}}
+            return web.json_response(error, status=e.status, headers=e.headers)
+
+    def _answer(
+        self, cid: str, aid: str | None, put: bool, activity: dict[str, Any], at: float
+    ) -> tuple[int, dict[str, Any]]:
+        if self._rate_limits:
+            retry_after = str(self._rate_limits.pop(0))
+            raise _Refused(429, "TooManyRequests", "API calls quota exceeded", {"Retry-After": retry_after})
+        if self._failures:
+            status, code = self._failures.pop(0)
+            raise _Refused(status, code, f"Injected failure {status} {code}")
+        info = _stream_info(activity)
+        if put:
+            return self._update(cid, str(aid), activity)
+        if info is not None and (info.get("streamType") != "final" or info.get("streamId")):
+            return self._stream(cid, aid, activity, info, at)
+        if activity.get("type") != "message":
+            return 200, {"id": self._next_id()}  # typing, events...: nothing to show
+        self._check_message(activity)
+        entry = Visible(
+            id=self._next_id(),
+            text=activity.get("text") or "",
+            attachments=list(activity.get("attachments") or []),
+            streamed=False,
+            finished=True,
+            reply_to_id=aid or activity.get("replyToId"),
+        )
+        self._conversation(cid).append(entry)
+        return 200, {"id": entry.id}
+
+    def _update(self, cid: str, aid: str, activity: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """PUT: replace the text and attachments of a message (or stream) the user sees."""
+        entry = next((v for v in self._conversation(cid) if v.id == aid), None)
+        if entry is None:
+            raise _Refused(404, "ActivityNotFound", f"Unknown activity {aid}")
+        self._check_message(activity)
+        entry.text = activity.get("text") or ""
+        entry.attachments = list(activity.get("attachments") or [])
+        return 200, {"id": aid}
+
+    # ---------------------------------------------------------------- streaming
+
+    def _stream(
+        self, cid: str, aid: str | None, activity: dict[str, Any], info: dict[str, Any], at: float
+    ) -> tuple[int, dict[str, Any]]:
+        # A missing streamType means "streaming" (the schema default; the SDK's StreamInfo omits it when unset).
+        kind, stream_type, stream_id = (
+            activity.get("type"),
+            info.get("streamType") or "streaming",
+            info.get("streamId"),
+        )
+        if kind == "message" and stream_type == "final":
+            stream = self._open_stream(cid, str(stream_id), at)
+            if "streamSequence" in info:
+                self._protocol_error(f"final message of stream {stream_id} carries a streamSequence")
+            self._check_message(activity)
+            stream.state = "finished"
+            stream.entry.text = activity.get("text") or ""
+            stream.entry.attachments = list(activity.get("attachments") or [])
+            stream.entry.finished = True
+            return 200, {"id": stream.entry.id}
+        if kind != "typing" or stream_type not in ("informative", "streaming"):
+            raise self._bad_request(f"a {kind!r} activity with streamType {stream_type!r}")
+        sequence, text = info.get("streamSequence"), activity.get("text") or ""
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            raise self._bad_request(f"streaming update without an integer streamSequence: {info}")
+        if not text:
+            raise self._bad_request("Start streaming activities should include text")
+        self._check_size(activity, streaming=True)
+        if not stream_id:
+            if not _is_personal(cid, activity):
+                raise _Refused(405, "BadArgument", NOT_PERSONAL)
+            if sequence != 1:
+                self._protocol_error(f"first streaming update has streamSequence {sequence}, not 1")
+            entry = Visible(self._next_id(), text, [], streamed=True, finished=False, reply_to_id=aid)
+            streamed = text if stream_type == "streaming" else ""
+            self._streams[entry.id] = _Stream(cid, entry, at, at, sequence, streamed)
+            self._conversation(cid).append(entry)
+            return 201, {"id": entry.id}
+        stream = self._open_stream(cid, str(stream_id), at)
+        if sequence <= stream.sequence:
+            self._protocol_error(f"stream {stream_id}: streamSequence {sequence} after {stream.sequence}")
+            return 202, {}  # Teams drops out-of-order updates
+        if stream_type == "streaming":
+            if not text.startswith(stream.streamed_text):
+                self._protocol_error(f"stream {stream_id}: update {sequence} does not repeat the text so far")
+                raise _Refused(403, "ContentStreamNotAllowed", NOT_CUMULATIVE)
+            stream.streamed_text = text
+        stream.sequence = sequence
+        stream.entry.text = text
+        return 202, {"id": stream.entry.id}
+
+    def _open_stream(self, cid: str, stream_id: str, at: float) -> _Stream:
+        """The open stream ``stream_id`` of ``cid``; checks the pace; refuses closed ones."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.conversation_id != cid:
+            raise self._bad_request(f"update for unknown stream {stream_id} in {cid}")
+        if stream.state == "finished":
+            self._protocol_error(f"update for finished stream {stream_id}")
+            raise _Refused(403, "ContentStreamNotAllowed", COMPLETED)
+        if stream.state == "open" and at - stream.started > self.stream_time_limit:
+            stream.state = "timed_out"
+        if stream.state in ("stopped", "timed_out"):
+            if stream.refusals:
+                self._protocol_error(f"stream {stream_id} kept streaming after a 403 ContentStreamNotAllowed")
+            stream.refusals += 1
+            raise _Refused(
+                403, "ContentStreamNotAllowed", CANCELLED if stream.state == "stopped" else TIMED_OUT
+            )
+        if at - stream.last_at < self.min_stream_interval - _JITTER:
+            self._protocol_error(
+                f"stream {stream_id}: updates {at - stream.last_at:.3f}s apart (min {self.min_stream_interval}s)"
+            )
+        stream.last_at = at
+        return stream
+
+    # ------------------------------------------------------------------- checks
+
+    def _check_message(self, activity: dict[str, Any]) -> None:
+        """Message size and inline images, as Teams enforces them."""
+        self._check_size(activity, streaming=False)
+        images = 0
+        for attachment in activity.get("attachments") or []:
+            url = attachment.get("contentUrl") if isinstance(attachment, dict) else None
+            if isinstance(url, str) and url.startswith("data:"):
+                self._check_image(url)
+                images += 1
+        if images and (activity.get("text") or "").strip():
+            self._protocol_error("inline image sent with text: Teams wants images as their own activity")
+
+    def _check_size(self, activity: dict[str, Any], *, streaming: bool) -> None:
+        size = _payload_size(activity)
+        if size <= self.message_limit:
+            return
+        if streaming:
+            raise _Refused(403, "ContentStreamNotAllowed", "Message size too large")
+        raise _Refused(413, "MessageSizeTooBig", f"Message size {size} exceeds {self.message_limit} bytes")
+
+    def _check_image(self, url: str) -> None:
+        match = _DATA_IMAGE.fullmatch(url)
+        if match is None:
+            raise self._bad_request(f"inline attachment is not a PNG, JPEG or GIF data URI: {url[:40]}")
+        try:
+            data = base64.b64decode(match.group(2), validate=True)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                animated = bool(getattr(image, "is_animated", False))
+        except (binascii.Error, ValueError, OSError) as e:
+            raise self._bad_request(f"inline image does not decode: {e}") from None
+        if len(data) > IMAGE_BYTES_LIMIT:
+            raise self._bad_request(f"inline image of {len(data)} bytes (max {IMAGE_BYTES_LIMIT})")
+        if width > IMAGE_SIDE_LIMIT or height > IMAGE_SIDE_LIMIT:
+            raise self._bad_request(
+                f"inline image of {width}x{height} (max {IMAGE_SIDE_LIMIT}x{IMAGE_SIDE_LIMIT})"
+            )
+        if animated:
+            raise self._bad_request("inline image is an animated GIF")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _protocol_error(self, message: str) -> None:
+        self.protocol_errors.append(message)
+
+    def _bad_request(self, message: str) -> _Refused:
+        """Record ``message`` as a protocol error; return the 400 to raise."""
+        self._protocol_error(message)
+        return _Refused(400, "BadArgument", message)
+
+    def _conversation(self, cid: str) -> list[Visible]:
+        return self._conversations.setdefault(cid, [])
+
+    def _next_id(self) -> str:
+        """A fresh message id shaped like Teams' (milliseconds since the epoch)."""
+        self._id_counter += 1
+        return str(1_700_000_000_000 + self._id_counter)
+
+
+def _stream_info(activity: dict[str, Any]) -> dict[str, Any] | None:
+    """The activity's ``streaminfo`` entity, if any."""
+    for entity in activity.get("entities") or []:
+        if isinstance(entity, dict) and str(entity.get("type", "")).lower() == "streaminfo":
+            return entity
+    return None
+
+
+def _is_personal(cid: str, activity: dict[str, Any]) -> bool:
+    conversation = activity.get("conversation")
+    if isinstance(conversation, dict) and conversation.get("conversationType"):
+        return bool(conversation["conversationType"] == "personal")
+    return cid.startswith("a:")
+
+
+def _payload_size(activity: dict[str, Any]) -> int:
+    """UTF-8 size of the activity's JSON, not counting inline ``data:`` URIs."""
+    stripped = dict(activity)
+    if isinstance(activity.get("attachments"), list):
+        stripped["attachments"] = [
+            {**a, "contentUrl": ""}
+            if isinstance(a, dict) and str(a.get("contentUrl", "")).startswith("data:")
+            else a
+            for a in activity["attachments"]
+        ]
+    return len(json.dumps(stripped, ensure_ascii=False, separators=(",", ":")).encode())
