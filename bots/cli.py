@@ -147,6 +147,14 @@ async def _check(settings: Settings) -> int:
         except Exception as exc:
             problems += 1
             _say(f"slack: cannot reach {client.base_url}: {exc}")
+    if settings.teams_app_id is not None:
+        print(
+            f"teams: /api/messages checks tokens for app {settings.teams_app_id} ({settings.teams_app_type})"
+        )
+    elif settings.teams_allow_anonymous:
+        _say(
+            "teams: /api/messages takes requests without a token (TEAMS_ALLOW_ANONYMOUS): local testing only"
+        )
     has_openai = settings.openai_api_key is not None or settings.azure_openai_endpoint is not None
     if has_openai or not profiles.needs_default_client:
         try:

@@ -42,6 +42,18 @@ async def run_cli(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[int,
     return process.returncode, out.decode(), err.decode()
 
 
+async def wait_healthy(http: aiohttp.ClientSession, url: str) -> None:
+    """Wait for a just-started ``serve`` to answer /healthz."""
+    for _ in range(200):
+        try:
+            async with http.get(f"{url}/healthz") as health:
+                if health.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("serve did not come up")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,13 +136,7 @@ async def test_sigterm_lets_the_running_turn_finish_then_exits(
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"{url}/healthz") as health:
-                        if health.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+            await wait_healthy(http, url)
             fake_openai.first_token_delay = 1.0
             event = slack_events.mention("a slow question")
             body = slack_events.encode(slack_events.event_callback(event))
@@ -165,3 +171,61 @@ async def test_check_says_when_the_model_does_not_exist(tmp_path: Path, fake_ope
     assert code == 1
     assert "backend: profile general: model or deployment 'gpt-nope' not found" in err
     assert "missing SLACK_BOT_TOKEN" in err
+
+
+async def test_teams_settings_are_checked_before_serving(tmp_path: Path) -> None:
+    (tmp_path / "assistants.toml").write_text(CONFIG)
+    app_id = "11111111-2222-3333-4444-555555555555"
+    env = base_env(tmp_path, OPENAI_API_KEY="sk-x", MicrosoftAppId=app_id)
+    code, _, err = await run_cli(tmp_path, "serve", env=env)
+    assert code == 2
+    assert "missing MicrosoftAppPassword" in err and "missing MicrosoftAppTenantId" in err
+    assert "SLACK" not in err  # Teams alone is enough
+
+    env.update(MicrosoftAppType="UserAssignedMSI", TEAMS_ALLOW_ANONYMOUS="true")
+    code, _, err = await run_cli(tmp_path, "serve", env=env)
+    assert code == 2
+    assert "conflicting TEAMS_ALLOW_ANONYMOUS" in err and "MicrosoftAppPassword" not in err
+
+
+async def test_serve_with_teams_only_answers_on_api_messages(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    from tests import teams_activities as T
+    from tests.fakes.teams_connector import FakeConnector
+
+    (tmp_path / "assistants.toml").write_text(CONFIG)
+    port = free_port()
+    env = base_env(
+        tmp_path,
+        OPENAI_API_KEY="sk-x",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        TEAMS_ALLOW_ANONYMOUS="true",
+        HOST="127.0.0.1",
+    )
+    code, out, err = await run_cli(tmp_path, "check", env=env)
+    assert code == 0 and "all checks passed" in out
+    assert "teams: /api/messages takes requests without a token" in err
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots.cli", "serve", "--port", str(port),
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with FakeConnector() as connector, aiohttp.ClientSession() as http:
+            await wait_healthy(http, url)
+            post = T.channel("a secret question", service_url=connector.service_url)
+            assert await T.post(f"{url}/api/messages", post) == 202
+            await connector.wait_for(lambda: bool(connector.visible(post["conversation"]["id"])))
+            [answer] = connector.visible(post["conversation"]["id"])
+            assert answer.text == "You said: a secret question"
+            async with http.post(f"{url}/slack/events", data=b"{}") as slack:
+                assert slack.status == 404  # Slack is not configured
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.stderr is not None
+    stderr = (await process.stderr.read()).decode()
+    assert "TEAMS IS OPEN TO ANYONE" in stderr and "teams=/api/messages" in stderr
+    assert "a secret question" not in stderr  # no message bodies in the log

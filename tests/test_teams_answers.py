@@ -358,3 +358,21 @@ async def test_an_image_is_sent_inline_within_teams_limits(
 
 
 _ = PROFILES  # the default profiles come from conftest's fixture
+
+
+async def test_one_serve_answers_slack_and_teams(teams: RunningTeams, fake_slack: FakeSlack) -> None:
+    from tests import slack_events
+
+    assert teams.service.slack is not None and teams.service.teams is not None
+    event = slack_events.mention("hello from Slack")
+    body = slack_events.encode(slack_events.event_callback(event))
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{teams.service.bound_port}/slack/events"
+        async with http.post(url, data=body, headers=slack_events.signed_headers(body)) as response:
+            assert response.status == 200
+    post = T.channel("hello from Teams", service_url=teams.connector.service_url)
+    await teams.post(post)
+    [answer] = await teams.wait_answers(post["conversation"]["id"])
+    await fake_slack.wait_for(lambda: any(m.stopped for m in fake_slack.messages("C1", event["ts"])))
+    assert answer.text == "You said: hello from Teams"
+    assert [m.text for m in fake_slack.messages("C1", event["ts"])] == ["You said: hello from Slack"]

@@ -57,6 +57,22 @@ def auth_configuration(settings: Settings) -> AgentAuthConfiguration:
     )
 
 
+def build_cloud_adapter(auth: AgentAuthConfiguration) -> CloudAdapter:
+    """The SDK's adapter, sending with the bot's token (none when anonymous)."""
+    adapter = CloudAdapter(
+        connection_manager=MsalConnectionManager(connections_configurations={"SERVICE_CONNECTION": auth}),
+        # With an app id the bot holds real tokens: they go to Microsoft's own hosts only.
+        host_validator=OutboundHostValidator(enabled=not auth.ANONYMOUS_ALLOWED),
+    )
+    adapter.on_turn_error = _on_turn_error
+    return adapter
+
+
+async def _on_turn_error(context: TurnContext, error: Exception) -> None:
+    """Instead of the SDK's default, which posts the exception's text to the user."""
+    log.error("teams turn failed: %s", type(error).__name__, exc_info=error)
+
+
 class TeamsAdapter:
     """Translates Teams activities into :class:`core.messages.InboundMessage` and renders the
     answers with :class:`bots.teams.reply.TeamsReply`."""
@@ -65,14 +81,7 @@ class TeamsAdapter:
         self._bridge = bridge
         self._app_id = settings.teams_app_id
         self.auth = auth_configuration(settings)
-        self.adapter = CloudAdapter(
-            connection_manager=MsalConnectionManager(
-                connections_configurations={"SERVICE_CONNECTION": self.auth}
-            ),
-            # With an app id the bot holds real tokens: they go to Microsoft's own hosts only.
-            host_validator=OutboundHostValidator(enabled=self._app_id is not None),
-        )
-        self.adapter.on_turn_error = self._on_turn_error
+        self.adapter = build_cloud_adapter(self.auth)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -115,9 +124,6 @@ class TeamsAdapter:
         else:
             log.debug("teams: ignoring %s activity", activity.type)
 
-    async def _on_turn_error(self, context: TurnContext, error: Exception) -> None:
-        log.error("teams turn failed: %s", error, exc_info=error)
-
     async def _on_message(self, activity: Activity) -> None:
         if (
             activity.from_property
@@ -136,7 +142,7 @@ class TeamsAdapter:
             await reply.emit(Done())
             return
         if files:
-            reply._notes.append(wording.files_not_read(files, answered_text=True))
+            reply.add_note(wording.files_not_read(files, answered_text=True))
         user = activity.from_property
         message = InboundMessage(
             key=key,

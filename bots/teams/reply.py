@@ -68,6 +68,10 @@ class TeamsReply:
     _heartbeat: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def add_note(self, note: str) -> None:
+        """A sentence from the bridge (not the model) shown after the answer."""
+        self._notes.append(note)
+
     async def emit(self, event: Event) -> None:
         if isinstance(event, TextDelta):
             self._raw_tail += event.text
@@ -229,7 +233,7 @@ class TeamsReply:
         self._raw_tail = ""
         try:
             async with self._lock:
-                text = to_teams_markdown(self._raw[self._shown :]) + self._footer()
+                text = to_teams_markdown(self._raw[self._shown :].lstrip()) + self._footer()
                 if not text.strip() and not self._shown and not self._images:
                     text = wording.EMPTY_ANSWER
                 if self._stream_id is not None:

@@ -1,0 +1,185 @@
+"""TeamsReply against the fake Bot Connector, event by event: the stream's limits and keep-alive,
+the user's Stop, oversized messages, and the text and image helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from microsoft_agents.hosting.core.authorization import ClaimsIdentity
+from PIL import Image
+
+from bots.teams.adapter import auth_configuration, build_cloud_adapter
+from bots.teams.images import MAX_BYTES, UnusableImage, fit_for_teams
+from bots.teams.outbound import Outbound
+from bots.teams.reply import TeamsReply
+from bots.teams.text import neutralise, safe_prefix, size, split_message, to_teams_markdown
+from core.events import Citation, Done, Failure, FailureKind, ImageOut, Progress, TextDelta
+from core.settings import Settings
+from tests import teams_activities as T
+from tests.fakes.teams_connector import FakeConnector
+
+
+@pytest.fixture
+async def connector() -> AsyncIterator[FakeConnector]:
+    async with FakeConnector() as fake:
+        yield fake
+        assert fake.protocol_errors == []
+
+
+def reply_in(connector: FakeConnector, activity: dict, **options: object) -> TeamsReply:
+    reference = {
+        "activityId": activity["id"],
+        "user": activity["from"],
+        "bot": activity["recipient"],
+        "conversation": activity["conversation"],
+        "channelId": "msteams",
+        "serviceUrl": activity["serviceUrl"],
+    }
+    adapter = build_cloud_adapter(auth_configuration(Settings(_env_file=None, teams_allow_anonymous=True)))
+    personal = activity["conversation"]["conversationType"] == "personal"
+    return TeamsReply(
+        Outbound(adapter, ClaimsIdentity(), reference),
+        streaming=personal,
+        typing=personal or activity["conversation"]["conversationType"] == "groupChat",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_stream_is_closed_before_the_limit_and_the_answer_goes_on(connector: FakeConnector) -> None:
+    connector.min_stream_interval = 0.2
+    connector.stream_time_limit = 2.0
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.2, stream_limit=1.0, typing_interval=0.1)
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(TextDelta("Part one."))
+    await asyncio.sleep(1.5)
+    await reply.emit(TextDelta(" Part two."))
+    await reply.emit(Done())
+    stream, rest = connector.visible(chat["conversation"]["id"])
+    assert stream.streamed and stream.finished and stream.text == "Part one."
+    assert not rest.streamed and rest.text == "Part two."
+
+
+async def test_a_quiet_stream_is_kept_alive(connector: FakeConnector) -> None:
+    connector.min_stream_interval = 0.1
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.1, keepalive=0.3, typing_interval=0.05)
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(TextDelta("Waiting for a tool"))
+    await asyncio.sleep(1.2)
+    updates = connector.stream_updates(chat["conversation"]["id"])
+    assert len([u for u in updates if u.activity["entities"][0]["streamType"] == "streaming"]) >= 3
+    await reply.emit(Done())
+    [answer] = connector.visible(chat["conversation"]["id"])
+    assert answer.finished and answer.text == "Waiting for a tool"
+
+
+async def test_stop_pressed_on_the_stream_calls_back_once(connector: FakeConnector) -> None:
+    connector.min_stream_interval = 0.1
+    stops: list[bool] = []
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.1, on_user_stop=lambda: stops.append(True))
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(TextDelta("one "))
+    await asyncio.sleep(0.15)
+    await reply.emit(TextDelta("two "))
+    connector.stop_streams()
+    await asyncio.sleep(0.15)
+    await reply.emit(TextDelta("three "))
+    await asyncio.sleep(0.15)
+    await reply.emit(Failure(FailureKind.STOPPED))
+    await reply.emit(Done())
+    assert stops == [True]
+    assert connector.visible(chat["conversation"]["id"])[-1].text.endswith("⚠️ Stopped.")
+
+
+async def test_a_message_teams_finds_too_big_is_split_and_sent(connector: FakeConnector) -> None:
+    connector.message_limit = 6_000
+    post = T.channel("x", service_url=connector.service_url)
+    reply = reply_in(connector, post)
+    text = "\n\n".join(f"Paragraph {n}: " + "lorem ipsum " * 40 for n in range(20))
+    await reply.emit(TextDelta(text))
+    await reply.emit(Done())
+    answers = connector.visible(post["conversation"]["id"])
+    assert len(answers) >= 2
+    assert " ".join(a.text for a in answers).split() == text.split()
+    assert 413 in {s.status for s in connector.sent}
+
+
+async def test_sources_and_notes_end_the_answer(connector: FakeConnector) -> None:
+    post = T.group_chat("x", service_url=connector.service_url)
+    reply = reply_in(connector, post)
+    await reply.emit(TextDelta("See the report."))
+    await reply.emit(Citation("Q3 report.pdf"))
+    await reply.emit(Citation("Docs", url="https://example.com/docs"))
+    await reply.emit(Failure(FailureKind.INCOMPLETE_OUTPUT_LIMIT))
+    await reply.emit(Done())
+    [answer] = connector.visible(post["conversation"]["id"])
+    assert answer.text == (
+        "See the report.\n\n**Sources**\n\n1. Q3 report.pdf\n2. [Docs](https://example.com/docs)\n\n"
+        "⚠️ (The answer was cut short: it reached its length limit.)"
+    )
+
+
+async def test_an_unreadable_image_is_named_not_dropped(connector: FakeConnector) -> None:
+    post = T.channel("x", service_url=connector.service_url)
+    reply = reply_in(connector, post)
+    await reply.emit(TextDelta("Here."))
+    await reply.emit(ImageOut(b"not an image", "chart.png"))
+    await reply.emit(Done())
+    text, note = connector.visible(post["conversation"]["id"])
+    assert text.text == "Here." and "chart.png" in note.text
+
+
+def png(width: int, height: int, noise: bool = False) -> bytes:
+    image = (
+        Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+        if noise
+        else Image.new("RGBA", (width, height), (10, 120, 200, 128))
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images_within_limits_are_sent_as_they_are() -> None:
+    data = png(800, 600)
+    assert fit_for_teams(data).data == data
+
+
+def test_large_images_are_scaled_and_reencoded() -> None:
+    flat = fit_for_teams(png(3000, 1000))
+    assert flat.mime_type == "image/png" and Image.open(io.BytesIO(flat.data)).size == (1024, 341)
+    noisy = fit_for_teams(png(1200, 1200, noise=True))
+    assert noisy.mime_type == "image/jpeg" and len(noisy.data) <= MAX_BYTES
+    assert Image.open(io.BytesIO(noisy.data)).size == (1024, 1024)
+    with pytest.raises(UnusableImage):
+        fit_for_teams(b"<html>")
+
+
+def test_markdown_for_teams() -> None:
+    text = "## Plan\n\n```\n# not a heading\n| a |\n|---|\n```\n\n| x | y |\n| --- | --- |\n| 1 | 2 |\nafter"
+    assert to_teams_markdown(text) == (
+        "**Plan**\n\n```\n# not a heading\n| a |\n|---|\n```\n\n```\n| x | y |\n| --- | --- |\n| 1 | 2 |\n```\nafter"
+    )
+
+
+def test_mention_tags_are_neutralised_across_deltas() -> None:
+    streamed = "Hi <"
+    cut = safe_prefix(streamed)
+    assert streamed[:cut] == "Hi "
+    assert "<at>" not in neutralise("<at>All</at> and <AT>x</AT>")
+    assert neutralise("a < b and <b>bold</b>") == "a < b and <b>bold</b>"
+
+
+def test_split_counts_what_teams_counts() -> None:
+    ascii_text = "word " * 20_000
+    assert all(size(part) <= 80_000 for part in split_message(ascii_text))
+    wide = "日本語のテキスト。" * 10_000  # 3 bytes each in UTF-8
+    parts = split_message(wide)
+    assert all(size(part) <= 80_000 for part in parts) and "".join(parts) == wide
+    assert split_message("short") == ["short"]
