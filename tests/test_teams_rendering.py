@@ -183,3 +183,17 @@ def test_split_counts_what_teams_counts() -> None:
     parts = split_message(wide)
     assert all(size(part) <= 80_000 for part in parts) and "".join(parts) == wide
     assert split_message("short") == ["short"]
+
+
+async def test_a_conversation_that_cannot_be_opened_is_logged_not_raised(
+    connector: FakeConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat = T.personal("x", service_url=connector.service_url)
+    chat["serviceUrl"] = "not a url"
+    reply = reply_in(connector, chat, typing_interval=0.05)
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(TextDelta("hello"))
+    await asyncio.sleep(0.2)
+    await reply.emit(Done())
+    assert connector.sent == []
+    assert caplog.text.count("cannot open the conversation") == 1  # said once, not at every send

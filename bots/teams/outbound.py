@@ -60,6 +60,7 @@ class Outbound:
         self._context: TurnContext | None = None
         self._opening: asyncio.Lock = asyncio.Lock()
         self._stack: AsyncExitStack | None = None
+        self._broken: ConnectorRefused | None = None  # opening failed: every send fails the same way
 
     async def send(self, activity: Activity) -> str | None:
         """Send ``activity`` into the conversation (as a reply to the user's message); the id
@@ -83,9 +84,16 @@ class Outbound:
 
     async def _open(self) -> TurnContext:
         async with self._opening:
+            if self._broken is not None:
+                raise self._broken
             if self._context is None:
                 stack = AsyncExitStack()
-                self._context = await stack.enter_async_context(self._proactive_context())
+                try:
+                    self._context = await stack.enter_async_context(self._proactive_context())
+                except Exception as exc:  # e.g. no token for the bot: nothing can be sent
+                    log.error("teams: cannot open the conversation: %s", type(exc).__name__, exc_info=exc)
+                    self._broken = ConnectorRefused(0, "Unavailable", type(exc).__name__)
+                    raise self._broken from None
                 self._stack = stack
             return self._context
 
