@@ -52,6 +52,7 @@ def tool_progress(tool: str, name: str | None = None) -> str:
 
 THINKING = "Thinking…"
 EMPTY_ANSWER = "(The assistant returned an empty answer.)"
+STILL_WORKING = "Still working on it…"
 IMAGES_BELOW = "(The assistant answered with the image below.)"
 SOURCES = "Sources"
 

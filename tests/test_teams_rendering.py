@@ -197,3 +197,17 @@ async def test_a_conversation_that_cannot_be_opened_is_logged_not_raised(
     await reply.emit(Done())
     assert connector.sent == []
     assert caplog.text.count("cannot open the conversation") == 1  # said once, not at every send
+
+
+async def test_a_long_silent_turn_closes_its_stream_with_a_holding_line(connector: FakeConnector) -> None:
+    connector.min_stream_interval = 0.1
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.1, stream_limit=0.5, typing_interval=0.05)
+    await reply.emit(Progress("Running code…"))
+    await asyncio.sleep(0.8)
+    await reply.emit(TextDelta("Done: 42."))
+    await reply.emit(Done())
+    holding, answer = connector.visible(chat["conversation"]["id"])
+    assert holding.streamed and holding.finished and holding.text == "Still working on it…"
+    assert answer.text == "Done: 42."
+    assert connector.typing_count(chat["conversation"]["id"]) >= 1  # typing once the stream closed

@@ -174,7 +174,7 @@ class TeamsReply:
         answer follows as a new message."""
         text = self._raw[self._shown :]
         self.streaming = False
-        await self._send_final(to_teams_markdown(text) or self._streamed)
+        await self._send_final(to_teams_markdown(text) or self._streamed or wording.STILL_WORKING)
         self._shown += len(text)
         self._start_heartbeat()
 
