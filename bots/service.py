@@ -52,6 +52,7 @@ def build_bridge(settings: Settings, profiles: ProfileSet, backends: Mapping[str
             max_pending=settings.max_pending_per_thread, max_concurrent=settings.max_concurrent_turns
         ),
         turn_timeout=settings.turn_timeout,
+        file_limits=settings.file_limits,
     )
 
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.events import Event
+from core.files import FilePart
 from core.profiles import AssistantProfile
 
 
 @dataclass(frozen=True)
 class TurnInput:
-    """What the user said in one turn."""
+    """What the user said in one turn, and the files they sent with it (read, checked, routed).
+
+    ``resources`` holds what the backend keeps beside the conversation between turns (e.g.
+    ``{"vector_store_id": "vs_…"}``); the backend may add to it during the turn, and the core
+    stores it with the thread when the turn is done.
+    """
 
     text: str
     user_id: str
+    files: tuple[FilePart, ...] = ()
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -16,6 +16,7 @@ from core.conversation import ConversationKey
 from core.deliveries import DeliveryLog
 from core.errors import BackendFailed, ConversationGone
 from core.events import Done, Event, Failure, FailureKind, Notice, Progress, TextDelta, Usage
+from core.files import FileLimits, FilePart, FileRefused, FileSource, kind_of, route_for
 from core.messages import InboundMessage, Reply
 from core.profiles import AssistantProfile, ProfileSet
 from core.store import ConversationStore, ThreadState
@@ -68,6 +69,7 @@ class Bridge:
         deliveries: DeliveryLog,
         runner: TurnRunner,
         turn_timeout: float = 600.0,
+        file_limits: FileLimits | None = None,
     ) -> None:
         self.profiles = profiles
         self._backends = backends
@@ -75,6 +77,7 @@ class Bridge:
         self._deliveries = deliveries
         self._runner = runner
         self._turn_timeout = turn_timeout
+        self._file_limits = file_limits or FileLimits()
         self._stop_requested: set[ConversationKey] = set()
 
     async def accept(self, message: InboundMessage, reply: Reply) -> Outcome:
@@ -170,11 +173,22 @@ class Bridge:
             _log_turn(message.key, profile, stats)
 
     async def _events(self, message: InboundMessage, profile: AssistantProfile) -> AsyncIterator[Event]:
+        parts: list[FilePart] = []
+        async for item in self._read_files(message.files, profile):
+            if isinstance(item, FilePart):
+                parts.append(item)
+            else:
+                yield item
+        text = message.text or (wording.FILES_ONLY if parts else "")
+        if not text:
+            return  # only files, none of them usable: the user has been told why
         backend = self._backends[profile.backend]
-        turn = TurnInput(text=message.text, user_id=message.user_id)
         state = await self._store.get(message.key)
         if state is None or state.backend != backend.name or not state.conversation_id:
             state = await self._open(message.key, profile, backend)
+        turn = TurnInput(
+            text=text, user_id=message.user_id, files=tuple(parts), resources=dict(state.resources)
+        )
         try:
             async for event in backend.run_turn(state.conversation_id, turn, profile):
                 yield event
@@ -183,9 +197,43 @@ class Bridge:
                 "conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id
             )
             state = await self._open(message.key, profile, backend)
+            turn = TurnInput(text=text, user_id=message.user_id, files=tuple(parts))
             async for event in backend.run_turn(state.conversation_id, turn, profile):
                 yield event
-        await self._store.put(message.key, state.after_turn())
+        await self._store.put(message.key, state.after_turn(resources=turn.resources))
+
+    async def _read_files(
+        self, sources: tuple[FileSource, ...], profile: AssistantProfile
+    ) -> AsyncIterator[Event | FilePart]:
+        """Each usable file read and routed; a Notice naming each one that is not, and why."""
+        limits, total = self._file_limits, 0
+        for index, source in enumerate(sources):
+            kind = kind_of(source.name, source.mime_type)
+            route = route_for(kind, source.name, profile.file_tools) if kind else None
+            room = min(limits.max_file_bytes, limits.max_message_bytes - total)
+            reason = None
+            if index >= limits.max_files:
+                reason = wording.TOO_MANY_FILES.format(limit=limits.max_files)
+            elif kind is None:
+                reason = wording.FILE_UNSUPPORTED
+            elif route is None:
+                reason = wording.FILE_NO_TOOL[kind.value]
+            elif source.size is not None and source.size > limits.max_file_bytes:
+                reason = wording.file_too_large(limits.max_file_bytes)
+            elif source.size is not None and source.size > room:
+                reason = wording.message_too_large(limits.max_message_bytes)
+            if reason is None and route is not None:
+                yield Progress(wording.reading_file(source.name))
+                try:
+                    data = await source.read(room)
+                except FileRefused as exc:
+                    reason = exc.reason
+                else:
+                    total += len(data)
+                    yield FilePart(source.name, source.mime_type, data, route)
+                    continue
+            log.info("file refused: %s", reason)
+            yield Notice(wording.file_refused(source.name, reason or wording.FILE_UNSUPPORTED))
 
     async def _open(self, key: ConversationKey, profile: AssistantProfile, backend: Backend) -> ThreadState:
         conversation_id = await backend.open_conversation(profile)

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from core.conversation import ConversationKey
 from core.events import Event
+from core.files import FileSource
 
 
 @dataclass(frozen=True)
@@ -15,12 +16,14 @@ class InboundMessage:
 
     ``delivery_ids`` name this delivery in every way the platform may repeat it (Slack: the
     ``event_id`` and ``channel/ts``); if any of them was seen recently the message is a duplicate.
+    ``files`` are the attached files, not yet downloaded (the core reads them in the turn).
     """
 
     key: ConversationKey
     user_id: str
     text: str
     delivery_ids: tuple[str, ...]
+    files: tuple[FileSource, ...] = ()
 
 
 class Reply(Protocol):

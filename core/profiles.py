@@ -152,6 +152,15 @@ class AssistantProfile:
     def has_tool(self, tool_type: str) -> bool:
         return any(tool["type"] == tool_type for tool in self.hosted_tools)
 
+    @property
+    def file_tools(self) -> set[str]:
+        """The hosted tools that can take users' files. An assistants profile that declares none
+        leaves tools to the assistant on its server, so both are assumed there."""
+        declared = {tool["type"] for tool in self.hosted_tools} & {"code_interpreter", "file_search"}
+        if self.backend == "assistants" and not self.hosted_tools:
+            return {"code_interpreter", "file_search"}
+        return declared
+
 
 @dataclass(frozen=True)
 class AssistantsSettings:

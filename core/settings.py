@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.files import FileLimits
+
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
@@ -73,8 +75,17 @@ class Settings(BaseSettings):
     max_tool_rounds: int = Field(8, ge=1, le=50, validation_alias=_env("ASSISTANT_BRIDGE_MAX_TOOL_ROUNDS"))
     max_pending_per_thread: int = Field(20, ge=1, validation_alias=_env("ASSISTANT_BRIDGE_MAX_PENDING"))
     max_concurrent_turns: int = Field(64, ge=1, validation_alias=_env("ASSISTANT_BRIDGE_MAX_CONCURRENT"))
+    max_file_mb: float = Field(20, gt=0, validation_alias=_env("ASSISTANT_BRIDGE_MAX_FILE_MB"))
+    max_message_files_mb: float = Field(50, gt=0, validation_alias=_env("ASSISTANT_BRIDGE_MAX_MESSAGE_MB"))
     dedupe_ttl: float = Field(3600.0, gt=0, validation_alias=_env("ASSISTANT_BRIDGE_DEDUPE_TTL"))
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+
+    @property
+    def file_limits(self) -> FileLimits:
+        return FileLimits(
+            max_file_bytes=int(self.max_file_mb * 1024 * 1024),
+            max_message_bytes=int(self.max_message_files_mb * 1024 * 1024),
+        )
 
     @property
     def slack_socket_mode(self) -> bool:

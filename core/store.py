@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,12 +28,19 @@ class ThreadState:
     created_at: float
     last_turn_at: float = 0.0
     turns: int = 0
+    # What the backend keeps beside its conversation (e.g. the conversation's vector store).
+    resources: dict[str, str] = field(default_factory=dict)
 
-    def after_turn(self, now: float | None = None) -> ThreadState:
-        return replace(self, last_turn_at=now or time.time(), turns=self.turns + 1)
+    def after_turn(self, resources: dict[str, str] | None = None, now: float | None = None) -> ThreadState:
+        return replace(
+            self,
+            last_turn_at=now or time.time(),
+            turns=self.turns + 1,
+            resources=dict(self.resources if resources is None else resources),
+        )
 
     def reset(self) -> ThreadState:
-        return replace(self, conversation_id="")
+        return replace(self, conversation_id="", resources={})
 
 
 class ConversationStore(Protocol):

@@ -78,3 +78,32 @@ def files_not_read(names: list[str], answered_text: bool) -> str:
     if answered_text:
         return f"I cannot read attached files yet, so I answered your text only (not read: {listed})."
     return f"I cannot read attached files yet (not read: {listed}). Please paste the text you want me to use."
+
+
+def reading_file(name: str) -> str:
+    return f"Reading {name}…"
+
+
+def uploading_file(name: str) -> str:
+    return f"Uploading {name}…"
+
+
+def file_refused(name: str, reason: str) -> str:
+    return f"⚠️ I could not use {name}: {reason}."
+
+
+FILES_ONLY = "Please look at the attached file."
+FILE_UNSUPPORTED = "I cannot read this type of file"
+FILE_NO_TOOL = {
+    "data": "this assistant has no code interpreter to open it",
+    "document": "this assistant cannot search documents of this type",
+}
+TOO_MANY_FILES = "only the first {limit} files of a message are read"
+
+
+def file_too_large(limit_bytes: int) -> str:
+    return f"it is larger than the {limit_bytes // (1024 * 1024)} MB limit for a file"
+
+
+def message_too_large(limit_bytes: int) -> str:
+    return f"the files of this message are larger than the {limit_bytes // (1024 * 1024)} MB limit together"
