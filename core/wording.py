@@ -107,3 +107,20 @@ def file_too_large(limit_bytes: int) -> str:
 
 def message_too_large(limit_bytes: int) -> str:
     return f"the files of this message are larger than the {limit_bytes // (1024 * 1024)} MB limit together"
+
+
+DOWNLOAD_FAILED = "the download failed; please try again"
+FILE_FORBIDDEN = "the bot is not allowed to read it"
+FILE_LOGIN_PAGE = "a sign-in page came back instead of the file, so the bot may not have access to it"
+FILE_HOST_NOT_ALLOWED = "it is not stored where the bot may download files from"
+FILE_IN_CHANNEL = (
+    "files shared in channels and group chats are out of the bot's reach; send it in a personal chat"
+)
+
+
+def file_only_in_personal_chat(name: str) -> str:
+    return f"I made {name}, but I can only send files in a personal chat: ask me there to get it."
+
+
+def file_upload_declined(name: str) -> str:
+    return f"OK, I did not upload {name}."
