@@ -16,7 +16,7 @@ from core.conversation import ConversationKey
 from core.deliveries import DeliveryLog
 from core.errors import BackendFailed, ConversationGone
 from core.events import Done, Event, Failure, FailureKind, Notice, Progress, TextDelta, Usage
-from core.files import FileLimits, FilePart, FileRefused, FileSource, kind_of, route_for
+from core.files import FileLimits, FilePart, FileRefused, FileSource, FileTooLarge, kind_of, route_for
 from core.messages import InboundMessage, Reply
 from core.profiles import AssistantProfile, ProfileSet
 from core.store import ConversationStore, ThreadState
@@ -226,6 +226,11 @@ class Bridge:
                 yield Progress(wording.reading_file(source.name))
                 try:
                     data = await source.read(room)
+                except FileTooLarge:
+                    too_big = room == limits.max_file_bytes
+                    reason = (wording.file_too_large if too_big else wording.message_too_large)(
+                        limits.max_file_bytes if too_big else limits.max_message_bytes
+                    )
                 except FileRefused as exc:
                     reason = exc.reason
                 else:

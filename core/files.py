@@ -88,6 +88,13 @@ class FileRefused(Exception):
         self.reason = reason
 
 
+class FileTooLarge(FileRefused):
+    """The file grew past the limit while it was read (the core words the reason)."""
+
+    def __init__(self) -> None:
+        super().__init__("too large")
+
+
 class FileSource(Protocol):
     """A file attached to a message, not yet downloaded (adapters implement this).
 
