@@ -101,12 +101,16 @@ FILE_NO_TOOL = {
 TOO_MANY_FILES = "only the first {limit} files of a message are read"
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.3g} MB"
+
+
 def file_too_large(limit_bytes: int) -> str:
-    return f"it is larger than the {limit_bytes // (1024 * 1024)} MB limit for a file"
+    return f"it is larger than the {_megabytes(limit_bytes)} limit for a file"
 
 
 def message_too_large(limit_bytes: int) -> str:
-    return f"the files of this message are larger than the {limit_bytes // (1024 * 1024)} MB limit together"
+    return f"the files of this message are larger than the {_megabytes(limit_bytes)} limit together"
 
 
 DOWNLOAD_FAILED = "the download failed; please try again"

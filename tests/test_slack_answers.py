@@ -164,25 +164,6 @@ async def test_socket_mode_first_delivery_with_retry_num_zero_is_answered(bridge
     assert await bridge.wait_answers("C1", event["ts"]) == ["You said: over the socket"]
 
 
-async def test_attached_files_are_named_as_not_read_and_the_text_is_answered(bridge: RunningBridge) -> None:
-    files = [{"id": "F1", "name": "report.pdf", "mimetype": "application/pdf"}]
-    dm = message("summarise this", channel="D1", channel_type="im", subtype="file_share", files=files)
-    await bridge.post_event(dm)
-    [answer] = await bridge.wait_answers("D1", dm["ts"])
-    assert answer.startswith("You said: summarise this")
-    assert "report.pdf" in answer and "cannot read attached files yet" in answer
-
-
-async def test_file_without_text_gets_an_explanation_and_no_backend_call(bridge: RunningBridge) -> None:
-    files = [{"id": "F2", "name": "<!channel>.csv"}]
-    dm = message("", channel="D1", channel_type="im", subtype="file_share", files=files)
-    await bridge.post_event(dm)
-    await bridge.slack.wait_for(lambda: bool(bridge.slack.messages("D1", dm["ts"])))
-    [note] = bridge.slack.messages("D1", dm["ts"])
-    assert "cannot read attached files yet" in note.text and "<!channel>" not in note.text
-    assert bridge.openai.requests == []
-
-
 async def test_stop_button_and_stop_word_cancel_the_running_answer(bridge: RunningBridge) -> None:
     bridge.openai.first_token_delay = 5
     root = mention("take your time")

@@ -13,6 +13,7 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack.files import SlackFile, files_of
 from bots.slack.reply import SlackReply, SlackThread
 from bots.slack.text import neutralise
 from core import wording
@@ -95,16 +96,13 @@ class SlackAdapter:
             user_id=event.get("user"),
         )
         text = _strip_mention(event.get("text") or "", context.bot_user_id)
-        files = [f.get("name") or f.get("title") or "a file" for f in event.get("files") or []]
-        if not text:
-            greeting = wording.files_not_read(files, answered_text=False) if files else wording.HELLO
+        files = self._files(event)
+        if not text and not files:
             await self.client.chat_postMessage(
-                channel=thread.channel, thread_ts=thread.thread_ts, markdown_text=neutralise(greeting)
+                channel=thread.channel, thread_ts=thread.thread_ts, markdown_text=neutralise(wording.HELLO)
             )
             return
         reply = SlackReply(self.client, thread)
-        if files:
-            reply.add_note(neutralise(wording.files_not_read(files, answered_text=True)))
         message = InboundMessage(
             key=key,
             user_id=event.get("user") or "",
@@ -113,8 +111,15 @@ class SlackAdapter:
                 f"slack:event:{body.get('event_id')}",
                 f"slack:msg:{event['channel']}:{event['ts']}",
             ),
+            files=files,
         )
         await self._bridge.accept(message, reply)
+
+    def _files(self, event: dict[str, Any]) -> tuple[SlackFile, ...]:
+        if not event.get("files"):
+            return ()
+        assert self.client.session is not None, "start() opens the session"
+        return files_of(event, self.client.session, self.client.token, self.client.base_url)
 
     # Lifecycle and transports
 

@@ -55,6 +55,7 @@ class SlackReply:
     _pending: str = ""
     _message: _Message = field(default_factory=_Message)
     _sent_any: bool = False
+    _after_notice: bool = False
     _last_send: float = 0.0
     _citations: list[Citation] = field(default_factory=list)
     _notes: list[str] = field(default_factory=list)
@@ -69,6 +70,9 @@ class SlackReply:
 
     async def emit(self, event: Event) -> None:
         if isinstance(event, TextDelta):
+            if self._after_notice:  # a notice (e.g. about a file) is its own paragraph
+                self._raw_tail += "\n\n"
+                self._after_notice = False
             self._raw_tail += event.text
             cut = safe_prefix(self._raw_tail)
             self._pending += neutralise(self._raw_tail[:cut])
@@ -83,7 +87,10 @@ class SlackReply:
         elif isinstance(event, Failure):
             self._notes.append(event.user_message)
         elif isinstance(event, Notice):
-            self._pending += neutralise(event.text)
+            separator = "\n\n" if self._pending or self._raw_tail or self._sent_any else ""
+            self._pending += separator + neutralise(self._raw_tail + event.text)
+            self._raw_tail = ""
+            self._after_notice = True
         elif isinstance(event, ImageOut | FileOut):
             await self._upload(event)
         elif isinstance(event, Done):
@@ -221,6 +228,7 @@ class SlackReply:
             log.exception("slack status update failed")
 
     async def _upload(self, out: ImageOut | FileOut) -> None:
+        await self._set_status(wording.uploading_file(out.filename))
         try:
             await self.client.files_upload_v2(
                 channel=self.thread.channel,

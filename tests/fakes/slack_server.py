@@ -102,6 +102,8 @@ class FakeSlack(LoopbackServer):
         self._messages: list[Message] = []
         self._files: dict[str, dict[str, Any]] = {}
         self._private: dict[str, tuple[bytes, str]] = {}
+        self._unreadable: set[str] = set()
+        self.file_downloads: list[tuple[str, str | None]] = []  # (path, bearer token) per download
         self._failures: dict[str, list[str]] = {}
         self._rate_limits: dict[str, list[int]] = {}
         self._ts_counter = 0
@@ -203,13 +205,18 @@ class FakeSlack(LoopbackServer):
                 )
             await asyncio.sleep(0.01)
 
-    def add_private_file(self, file_id: str, content: bytes, name: str, mimetype: str) -> str:
-        """Register a file only the bot token may download; return its ``url_private_download``.
+    def add_private_file(
+        self, file_id: str, content: bytes, name: str, mimetype: str, *, readable: bool = True
+    ) -> str:
+        """Register a file only the bot token may download (``readable=False``: not even the bot,
+        which then gets the sign-in page); return its ``url_private_download``.
 
         Call after ``start()``: the URL embeds this server's port.
         """
         key = f"{self.team_id}-{file_id}"
         self._private[key] = (content, mimetype)
+        if not readable:
+            self._unreadable.add(key)
         url = f"{self.root_url}/files-pri/{key}/download/{name}"
         self._files[file_id] = {
             "id": file_id,
@@ -350,9 +357,11 @@ class FakeSlack(LoopbackServer):
     async def _on_private_file(self, request: web.Request) -> web.Response:
         """Serve a private file to the bot token; anyone else gets Slack's HTML login page (HTTP 200)."""
         entry = self._private.get(request.match_info["key"])
+        token = _bearer(request.headers.get("Authorization"))
+        self.file_downloads.append((request.path, token))
         if entry is None:
             return web.Response(status=404, text="Not Found")
-        if _bearer(request.headers.get("Authorization")) != self.bot_token:
+        if token != self.bot_token or request.match_info["key"] in self._unreadable:
             return web.Response(text=LOGIN_PAGE, content_type="text/html")
         content, mimetype = entry
         return web.Response(body=content, headers={"Content-Type": mimetype})

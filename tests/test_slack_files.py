@@ -1,0 +1,131 @@
+"""Files shared in Slack: downloaded with the bot token from Slack's own hosts only, checked against
+the limits and the assistant's tools, and every file the bot cannot use named with the reason,
+while the text is still answered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from bots.downloads import same_site
+from core.profiles import parse_profiles
+from tests.conftest import PROFILES, RunningBridge, start_bridge
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.slack_server import FakeSlack
+from tests.fakes.wiring import settings_for_fakes
+from tests.slack_events import message
+
+CSV = b"city,temp\nOslo,21\nRome,30\n"
+
+
+@pytest.fixture
+async def analyst(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
+) -> AsyncIterator[RunningBridge]:
+    """A bridge whose assistant has the code interpreter, with a 1 MB cap per file."""
+    general = {**PROFILES["assistants"]["general"], "tools": [{"type": "code_interpreter"}]}
+    profiles = parse_profiles({"default": "general", "assistants": {"general": general}})
+    settings = settings_for_fakes(fake_openai, fake_slack, tmp_path / "store.sqlite", max_file_mb=1)
+    service, stop, task = await start_bridge(settings, profiles)
+    async with aiohttp.ClientSession() as http:
+        yield RunningBridge(service, http, fake_slack, fake_openai)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+def shared(fake: FakeSlack, file_id: str, name: str, data: bytes, mimetype: str, **options: bool) -> dict:
+    url = fake.add_private_file(file_id, data, name, mimetype, **options)
+    return {"id": file_id, "name": name, "mimetype": mimetype, "size": len(data), "url_private_download": url}
+
+
+def dm(text: str, files: list[dict]) -> dict:
+    return message(text, channel="D1", channel_type="im", subtype="file_share", files=files)
+
+
+async def test_a_csv_is_downloaded_with_the_bot_token_and_read(analyst: RunningBridge) -> None:
+    event = dm("chart this", [shared(analyst.slack, "F1", "temps.csv", CSV, "text/csv")])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer == "You said: chart this"
+    assert analyst.slack.file_downloads == [("/files-pri/T1-F1/download/temps.csv", "xoxb-test")]
+    statuses = [c.args.get("status") for c in analyst.slack.calls_to("assistant.threads.setStatus")]
+    assert "Reading temps.csv…" in statuses
+
+
+async def test_a_sign_in_page_instead_of_the_file_is_refused(analyst: RunningBridge) -> None:
+    event = dm("what is in it?", [shared(analyst.slack, "F2", "secret.csv", CSV, "text/csv", readable=False)])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer == (
+        "⚠️ I could not use secret.csv: a sign-in page came back instead of the file, so the bot may "
+        "not have access to it.\n\nYou said: what is in it?"
+    )
+
+
+async def test_a_file_over_the_cap_is_refused_and_the_text_still_answered(analyst: RunningBridge) -> None:
+    big = {"id": "F3", "name": "huge.csv", "mimetype": "text/csv", "size": 50 * 1024 * 1024,
+           "url_private_download": f"{analyst.slack.root_url}/files-pri/T1-F3/download/huge.csv"}  # fmt: skip
+    lying = shared(analyst.slack, "F4", "grows.csv", b"x" * (2 * 1024 * 1024), "text/csv")
+    lying["size"] = 10  # Slack said 10 bytes; the download is cut off once it passes the cap
+    event = dm("and these?", [big, lying])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer == (
+        "⚠️ I could not use huge.csv: it is larger than the 1 MB limit for a file.\n\n"
+        "⚠️ I could not use grows.csv: it is larger than the 1 MB limit for a file.\n\n"
+        "You said: and these?"
+    )
+    assert [path for path, _ in analyst.slack.file_downloads] == ["/files-pri/T1-F4/download/grows.csv"]
+
+
+async def test_unusable_files_are_named_and_nothing_is_sent_for_them(bridge: RunningBridge) -> None:
+    # the default assistant has no code interpreter: a CSV cannot be read; a .exe never
+    files = [
+        {"id": "F5", "name": "<!channel>.csv", "mimetype": "text/csv"},
+        {"id": "F6", "name": "setup.exe", "mimetype": "application/octet-stream"},
+    ]
+    event = dm("", files)
+    await bridge.post_event(event)
+    await bridge.slack.wait_for(lambda: bool(bridge.answers("D1", event["ts"])))
+    [note] = bridge.answers("D1", event["ts"])
+    assert note == (
+        "⚠️ I could not use &lt;!channel&gt;.csv: this assistant has no code interpreter to open it.\n\n"
+        "⚠️ I could not use setup.exe: I cannot read this type of file."
+    )
+    assert bridge.openai.requests == [] and bridge.slack.file_downloads == []
+
+
+async def test_a_file_slack_does_not_let_the_bot_read_is_named(analyst: RunningBridge) -> None:
+    event = dm(
+        "summarise", [{"id": "F7", "name": "notes.txt", "mimetype": "text/plain", "mode": "tombstone"}]
+    )
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer.startswith("⚠️ I could not use notes.txt: the bot is not allowed to read it.")
+
+
+async def test_the_token_goes_to_slack_hosts_only(analyst: RunningBridge) -> None:
+    elsewhere = f"http://localhost:{URL(analyst.slack.root_url).port}/files-pri/T1-F8/download/x.csv"
+    event = dm(
+        "read it", [{"id": "F8", "name": "x.csv", "mimetype": "text/csv", "url_private_download": elsewhere}]
+    )
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer.startswith(
+        "⚠️ I could not use x.csv: it is not stored where the bot may download files from."
+    )
+    assert analyst.slack.file_downloads == []
+
+
+def test_same_site_allows_the_api_host_and_its_subdomains_over_its_scheme() -> None:
+    allowed = same_site(URL("https://slack.com/"))
+    assert allowed(URL("https://files.slack.com/files-pri/T1-F1/x.csv"))
+    assert allowed(URL("https://slack.com/x"))
+    assert not allowed(URL("http://files.slack.com/x"))
+    assert not allowed(URL("https://files.slack.com.evil.example/x"))
+    assert not allowed(URL("https://notslack.com/x"))
