@@ -129,3 +129,15 @@ def test_same_site_allows_the_api_host_and_its_subdomains_over_its_scheme() -> N
     assert not allowed(URL("http://files.slack.com/x"))
     assert not allowed(URL("https://files.slack.com.evil.example/x"))
     assert not allowed(URL("https://notslack.com/x"))
+
+
+async def test_a_50_mb_file_meets_the_default_20_mb_cap(bridge: RunningBridge) -> None:
+    url = f"{bridge.slack.root_url}/files-pri/T1-F9/download/scan.png"
+    event = dm("what does it say?", [{"id": "F9", "name": "scan.png", "mimetype": "image/png",
+                                      "size": 50 * 1024 * 1024, "url_private_download": url}])  # fmt: skip
+    await bridge.post_event(event)
+    [answer] = await bridge.wait_answers("D1", event["ts"])
+    assert answer == (
+        "⚠️ I could not use scan.png: it is larger than the 20 MB limit for a file.\n\nYou said: what does it say?"
+    )
+    assert bridge.slack.file_downloads == []
