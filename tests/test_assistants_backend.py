@@ -10,10 +10,12 @@ import openai
 import pytest
 
 from core.backend import TurnInput
-from core.backends.assistants import AssistantsBackend
+from core.backends.assistants import SHARED_STORE, UPLOAD_FAILED, AssistantsBackend
 from core.errors import ConfigError
-from core.events import Event, Failure, FailureKind, Progress, TextDelta
+from core.events import Event, Failure, FailureKind, Notice, Progress, TextDelta
+from core.files import FilePart, FileRoute
 from core.profiles import AssistantProfile, parse_profiles
+from core.wording import file_refused
 from tests.fakes import assistants_server as A
 
 
@@ -156,3 +158,136 @@ async def test_check_finds_the_assistant(fake: A.FakeAssistants, backend: Assist
 
     with pytest.raises(BackendUnreachable, match="asst_nope"):
         await backend.check(profile(fake, assistant_id="asst_nope"))
+
+
+# ---- files the user sends ------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n fake image"
+
+
+def user_message(fake: A.FakeAssistants, thread: str) -> dict[str, Any]:
+    return [m for m in fake.threads[thread] if m["role"] == "user"][-1]
+
+
+def answer(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+async def file_turn(
+    backend: AssistantsBackend, thread: str, prof: AssistantProfile, *files: FilePart, text: str = "look"
+) -> list[Event]:
+    return [e async for e in backend.run_turn(thread, TurnInput(text, "U1", files=files), prof)]
+
+
+async def test_an_image_goes_up_for_vision_and_into_the_message(
+    fake: A.FakeAssistants, backend: AssistantsBackend
+) -> None:
+    prof = profile(fake)
+    thread = await backend.open_conversation(prof)
+    events = await file_turn(backend, thread, prof, FilePart("cat.png", "image/png", PNG, FileRoute.VISION))
+    [upload] = fake.uploads
+    assert (upload["filename"], upload["purpose"], upload["data"]) == ("cat.png", "vision", PNG)
+    assert upload["content_type"] == "image/png"
+    message = user_message(fake, thread)
+    assert message["content"] == [
+        {"type": "text", "text": {"value": "look", "annotations": []}},
+        {"type": "image_file", "image_file": {"file_id": upload["id"], "detail": "auto"}},
+    ]
+    assert message["attachments"] == [] and answer(events) == "You said: look"
+
+
+async def test_a_csv_goes_to_the_code_interpreter(fake: A.FakeAssistants, backend: AssistantsBackend) -> None:
+    prof = profile(fake, tools=[{"type": "code_interpreter"}])
+    thread = await backend.open_conversation(prof)
+    csv = FilePart("sales.csv", "text/csv", b"a,b\n1,2\n", FileRoute.CODE_INTERPRETER)
+    events = await file_turn(backend, thread, prof, csv, text="sum b")
+    [upload] = fake.uploads
+    assert (upload["filename"], upload["purpose"], upload["data"]) == ("sales.csv", "assistants", csv.data)
+    message = user_message(fake, thread)
+    assert message["content"] == [{"type": "text", "text": {"value": "sum b", "annotations": []}}]
+    assert message["attachments"] == [{"file_id": upload["id"], "tools": [{"type": "code_interpreter"}]}]
+    assert fake.run_requests[-1]["tools"] == [{"type": "code_interpreter"}]
+    assert answer(events) == "You said: sum b"
+
+
+@pytest.mark.parametrize(
+    ("tools", "route", "run_tools"),
+    [
+        ([], FileRoute.FILE_SEARCH, None),  # the assistant's own tools on its server
+        (
+            [{"type": "code_interpreter"}],
+            FileRoute.FILE_INPUT,
+            [{"type": "code_interpreter"}, {"type": "file_search"}],
+        ),
+    ],
+)
+async def test_a_pdf_goes_to_file_search_in_the_threads_own_store(
+    fake: A.FakeAssistants,
+    backend: AssistantsBackend,
+    tools: list[dict[str, Any]],
+    route: FileRoute,
+    run_tools: list[dict[str, Any]] | None,
+) -> None:
+    prof = profile(fake, tools=tools) if tools else profile(fake)
+    thread = await backend.open_conversation(prof)
+    events = await file_turn(backend, thread, prof, FilePart("q3.pdf", "application/pdf", b"%PDF-1.4", route))
+    [upload] = fake.uploads
+    assert upload["purpose"] == "assistants"
+    assert user_message(fake, thread)["attachments"] == [
+        {"file_id": upload["id"], "tools": [{"type": "file_search"}]}
+    ]
+    assert list(fake.vector_stores.values()) == [[upload["id"]]]  # a store of the thread's own
+    assert fake.run_requests[-1].get("tools") == run_tools  # file input needs file_search in the run
+    assert answer(events) == "You said: look"
+
+
+async def test_a_failed_upload_is_named_and_the_rest_still_answered(
+    fake: A.FakeAssistants, backend: AssistantsBackend
+) -> None:
+    prof = profile(fake)
+    thread = await backend.open_conversation(prof)
+    fake.fail_uploads = 1
+    bad = FilePart("broken.png", "image/png", PNG, FileRoute.VISION)
+    good = FilePart("data.csv", "text/csv", b"x\n1\n", FileRoute.CODE_INTERPRETER)
+    events = await file_turn(backend, thread, prof, bad, good, text="what is this?")
+    notices = [e.text for e in events if isinstance(e, Notice)]
+    assert notices == [file_refused("broken.png", UPLOAD_FAILED)]
+    [upload] = fake.uploads
+    message = user_message(fake, thread)
+    assert upload["filename"] == "data.csv" and message["attachments"][0]["file_id"] == upload["id"]
+    assert message["content"] == [{"type": "text", "text": {"value": "what is this?", "annotations": []}}]
+    assert answer(events) == "You said: what is this?"
+    assert events.index(next(e for e in events if isinstance(e, Notice))) < events.index(
+        next(e for e in events if isinstance(e, TextDelta))
+    )
+
+
+async def test_files_on_a_turn_that_calls_functions(
+    fake: A.FakeAssistants, backend: AssistantsBackend
+) -> None:
+    prof = profile(fake, tools=[{"type": "function", "function": "tests.tools:get_weather"}])
+    fake.enqueue(A.CallFunctions([("get_weather", {"city": "Oslo"})]), A.Say("Cold, and your chart is fine."))
+    thread = await backend.open_conversation(prof)
+    csv = FilePart("temps.csv", "text/csv", b"t\n-3\n", FileRoute.CODE_INTERPRETER)
+    image = FilePart("chart.png", "image/png", PNG, FileRoute.VISION)
+    events = await file_turn(backend, thread, prof, csv, image, text="weather?")
+    assert sorted(u["purpose"] for u in fake.uploads) == ["assistants", "vision"]
+    message = user_message(fake, thread)
+    assert len(message["attachments"]) == 1 and message["content"][1]["type"] == "image_file"
+    # the run's tools replace the assistant's: the code interpreter stays for the attachment
+    [run] = fake.run_requests
+    assert [t["type"] for t in run["tools"]] == ["function", "code_interpreter"]
+    assert len(fake.tool_output_requests) == 1
+    assert answer(events) == "Cold, and your chart is fine." and not failures(events)
+
+
+async def test_documents_stay_out_of_a_shared_vector_store(
+    fake: A.FakeAssistants, backend: AssistantsBackend
+) -> None:
+    prof = profile(fake, tools=[{"type": "file_search", "vector_store_ids": ["vs_shared"]}])
+    thread = await backend.open_conversation(prof)
+    pdf = FilePart("salaries.pdf", "application/pdf", b"%PDF-1.4", FileRoute.FILE_SEARCH)
+    events = await file_turn(backend, thread, prof, pdf, text="summarise")
+    assert [e.text for e in events if isinstance(e, Notice)] == [file_refused("salaries.pdf", SHARED_STORE)]
+    assert fake.uploads == [] and fake.vector_stores == {}
+    assert user_message(fake, thread)["attachments"] == [] and answer(events) == "You said: summarise"

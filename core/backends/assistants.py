@@ -6,6 +6,12 @@ the user's message, then streams the run with the raw ``runs.create(stream=True)
 (the SDK's streaming helpers swallow ``error`` frames), answering ``requires_action`` with all tool
 outputs in one ``submit_tool_outputs`` and streaming on. Profiles with ``stream = false`` poll the
 run instead, starting at 100 ms and backing off, honouring ``openai-poll-after-ms``.
+
+Files the user sent are uploaded (concurrently) before the message: images (purpose ``vision``)
+become ``image_file`` parts of the message; the rest (purpose ``assistants``) ride as
+``attachments`` for the code interpreter or for file search, which also stands in for file input
+(attaching a document gives the thread its own vector store). A file that cannot be uploaded is
+named in a notice and the rest of the message is still answered.
 """
 
 from __future__ import annotations
@@ -20,16 +26,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from openai.types import FilePurpose
+from openai.types.beta.threads import MessageContentPartParam
+from openai.types.beta.threads.message_create_params import Attachment, AttachmentTool
 
 from core.backend import TurnInput
 from core.backends.annotations import AnnotatedText
 from core.backends.openai_errors import failure_from_code, failure_from_exception, reachability
 from core.errors import BackendFailed, ConfigError, ConversationGone
-from core.events import Citation, Event, Failure, FailureKind, FileOut, ImageOut, Progress, TextDelta, Usage
+from core.events import (
+    Citation,
+    Event,
+    Failure,
+    FailureKind,
+    FileOut,
+    ImageOut,
+    Notice,
+    Progress,
+    TextDelta,
+    Usage,
+)
+from core.files import FilePart, FileRoute
 from core.profiles import AssistantProfile, AssistantsSettings
 from core.settings import secret_from_environment
 from core.tools import call_tool
-from core.wording import tool_progress
+from core.wording import file_refused, tool_progress
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +60,17 @@ warnings.filterwarnings("ignore", message="deprecated", category=DeprecationWarn
 
 _ACTIVE = {"queued", "in_progress", "requires_action", "cancelling"}
 _STEP_TOOLS = {"code_interpreter": "code_interpreter", "file_search": "file_search"}
+# Assistants has no file input: file_search reads documents (a vector store per thread).
+_ATTACH_TOOL: dict[FileRoute, AttachmentTool] = {
+    FileRoute.CODE_INTERPRETER: {"type": "code_interpreter"},
+    FileRoute.FILE_SEARCH: {"type": "file_search"},
+    FileRoute.FILE_INPUT: {"type": "file_search"},
+}
+UPLOAD_FAILED = "the assistant's server did not take the upload"
+SHARED_STORE = (
+    "this assistant searches a document library shared with everyone who uses it, "
+    "and your file would be added to it"
+)
 
 
 @dataclass
@@ -49,6 +81,17 @@ class _Turn:
     file_names: dict[str, str] = field(default_factory=dict)
     text: dict[str, AnnotatedText] = field(default_factory=dict)
     images_sent: set[str] = field(default_factory=set)
+    tools: set[str] = field(default_factory=set)  # hosted tools the message's attachments need
+
+
+@dataclass
+class _Message:
+    """The user's message as the Assistants API takes it, and the files left out of it."""
+
+    content: str | list[MessageContentPartParam]
+    attachments: list[Attachment] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # notices, one per file
+    tools: set[str] = field(default_factory=set)  # hosted tools the attachments need
 
 
 class AssistantsBackend:
@@ -107,14 +150,17 @@ class AssistantsBackend:
         self, conversation_id: str, turn: TurnInput, profile: AssistantProfile
     ) -> AsyncIterator[Event]:
         client = self._client(profile)
+        message = await self._message(client, turn, profile)
         try:
-            await self._add_message(client, conversation_id, turn.text)
+            await self._add_message(client, conversation_id, message)
         except openai.NotFoundError as exc:
             raise ConversationGone(conversation_id) from exc
         except openai.OpenAIError as exc:
             yield failure_from_exception(exc)
             return
-        state = _Turn()
+        for notice in message.refused:
+            yield Notice(notice)
+        state = _Turn(tools=message.tools)
         for attempt in range(self._rate_limit_retries + 1):
             run_id: str | None = None
             outcome: Failure | None = None
@@ -144,15 +190,57 @@ class AssistantsBackend:
             yield outcome
             return
 
-    async def _add_message(self, client: openai.AsyncOpenAI, thread_id: str, text: str) -> None:
+    async def _message(
+        self, client: openai.AsyncOpenAI, turn: TurnInput, profile: AssistantProfile
+    ) -> _Message:
+        """Upload the turn's files (all at once) and build the message that carries them."""
+        message = _Message(content=turn.text)
+        files: list[FilePart] = []
+        for part in turn.files:
+            # A document attached for file_search joins the thread's vector store, which is the
+            # profile's shared one when it names one: other users' threads would find the file.
+            if part.route in (FileRoute.FILE_SEARCH, FileRoute.FILE_INPUT) and _thread_resources(profile):
+                message.refused.append(file_refused(part.name, SHARED_STORE))
+            else:
+                files.append(part)
+        ids = await asyncio.gather(*(self._upload(client, part) for part in files))
+        images: list[MessageContentPartParam] = []
+        for part, file_id in zip(files, ids, strict=True):
+            if file_id is None:
+                message.refused.append(file_refused(part.name, UPLOAD_FAILED))
+            elif part.route is FileRoute.VISION:
+                images.append({"type": "image_file", "image_file": {"file_id": file_id, "detail": "auto"}})
+            else:
+                tool = _ATTACH_TOOL[part.route]
+                message.attachments.append({"file_id": file_id, "tools": [tool]})
+                message.tools.add(tool["type"])
+        if images:
+            message.content = [{"type": "text", "text": turn.text}, *images]
+        return message
+
+    async def _upload(self, client: openai.AsyncOpenAI, part: FilePart) -> str | None:
+        purpose: FilePurpose = "vision" if part.route is FileRoute.VISION else "assistants"
         try:
-            await client.beta.threads.messages.create(thread_id, role="user", content=text)
+            uploaded = await client.files.create(file=(part.name, part.data, part.mime_type), purpose=purpose)
+        except openai.OpenAIError as exc:
+            log.warning("could not upload %s (%d bytes): %s", part.name, len(part.data), exc)
+            return None
+        return uploaded.id
+
+    async def _add_message(self, client: openai.AsyncOpenAI, thread_id: str, message: _Message) -> None:
+        extra: dict[str, Any] = {"attachments": message.attachments} if message.attachments else {}
+        try:
+            await client.beta.threads.messages.create(
+                thread_id, role="user", content=message.content, **extra
+            )
         except openai.BadRequestError as exc:
             if "while a run" not in str(exc):
                 raise
             # A run left over (e.g. by a restart mid-turn) blocks the thread: end it, then add.
             await self._settle_active_run(client, thread_id)
-            await client.beta.threads.messages.create(thread_id, role="user", content=text)
+            await client.beta.threads.messages.create(
+                thread_id, role="user", content=message.content, **extra
+            )
 
     async def _settle_active_run(self, client: openai.AsyncOpenAI, thread_id: str) -> None:
         runs = await client.beta.threads.runs.list(thread_id, limit=1)
@@ -183,7 +271,7 @@ class AssistantsBackend:
             return self._streamed_run(client, thread_id, profile, state)
         return self._polled_run(client, thread_id, profile, state)
 
-    def _run_params(self, profile: AssistantProfile) -> dict[str, Any]:
+    def _run_params(self, profile: AssistantProfile, state: _Turn) -> dict[str, Any]:
         settings = _settings(profile)
         params: dict[str, Any] = {"assistant_id": settings.assistant_id, **settings.run_controls}
         if profile.model:
@@ -197,6 +285,9 @@ class AssistantsBackend:
             *(f.as_assistants_tool() for f in profile.functions.values()),
         ]
         if tools:
+            # ``tools`` replaces the assistant's own for the run: keep the ones attachments need.
+            have = {tool["type"] for tool in tools}
+            tools += [{"type": kind} for kind in sorted(state.tools - have)]
             params["tools"] = tools
         return params
 
@@ -204,7 +295,7 @@ class AssistantsBackend:
         self, client: openai.AsyncOpenAI, thread_id: str, profile: AssistantProfile, state: _Turn
     ) -> AsyncGenerator[Event | str, None]:
         stream: Any = await client.beta.threads.runs.create(
-            thread_id, stream=True, **self._run_params(profile)
+            thread_id, stream=True, **self._run_params(profile, state)
         )
         rounds = 0
         while stream is not None:
@@ -235,7 +326,7 @@ class AssistantsBackend:
     async def _polled_run(
         self, client: openai.AsyncOpenAI, thread_id: str, profile: AssistantProfile, state: _Turn
     ) -> AsyncGenerator[Event | str, None]:
-        run = await client.beta.threads.runs.create(thread_id, **self._run_params(profile))
+        run = await client.beta.threads.runs.create(thread_id, **self._run_params(profile, state))
         yield run.id
         delay = self._poll_start
         rounds = 0

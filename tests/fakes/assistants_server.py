@@ -4,7 +4,9 @@
 `openai` SDK expects (FACTS.md sections 3 and 7.1): `OpenAI-Beta: assistants=v2` required,
 SSE frames with a mandatory `event:` line ending in `event: done` / `data: [DONE]`, one
 active run per thread, `required_action` + `submit_tool_outputs` matched by call id, and
-cancellation. Each run plays an enqueued plan (`Say`, `CallFunctions`, `Fail`,
+cancellation, user uploads (`POST /v1/files`, with `fail_uploads` to refuse some) and
+message `attachments` (a `file_search` one lands in the thread's vector store, created on first
+use as the real service does). Each run plays an enqueued plan (`Say`, `CallFunctions`, `Fail`,
 `Incomplete`, `Expire`, `StreamError`, `Hang`); a non-streamed run progresses in the
 background so that polling sees `queued`, `in_progress` and then the final status.
 """
@@ -33,6 +35,8 @@ ACTIVE = ("queued", "in_progress", "requires_action", "cancelling")
 IN_PROGRESS_HOLD = 0.2  # a non-streamed run stays in_progress until polled once, or this long
 MODEL = "gpt-test"
 INSTRUCTIONS = "You are a helpful test assistant."
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+ATTACHMENT_TOOLS = ("code_interpreter", "file_search")
 BETA_MESSAGE = (
     "You must provide the 'OpenAI-Beta' header to access the Assistants API. "
     "Please try again by setting the header 'OpenAI-Beta: assistants=v2'."
@@ -240,6 +244,10 @@ class FakeAssistants(LoopbackServer):
         self.run_requests: list[JSON] = []
         self.tool_output_requests: list[JSON] = []
         self.files: dict[str, tuple[str, bytes]] = {}
+        self.uploads: list[JSON] = []  # {id, filename, purpose, content_type, data} per upload
+        self.fail_uploads = 0  # refuse this many of the next uploads with `upload_error`
+        self.upload_error: tuple[int, str] = (400, "Invalid file format.")
+        self.vector_stores: dict[str, list[str]] = {}  # thread vector stores: id -> file ids
         self.calls: list[tuple[str, str]] = []
         self._thread_meta: dict[str, JSON] = {}
         self._runs: dict[str, _Run] = {}
@@ -379,12 +387,45 @@ class FakeAssistants(LoopbackServer):
             "thread_id": thread_id,
             "status": "completed",
             "role": role,
-            "content": _content(body.get("content")),
-            "attachments": body.get("attachments") or [],
+            "content": self._checked_files(_content(body.get("content"))),
+            "attachments": self._attachments(body.get("attachments")),
             "metadata": body.get("metadata") or {},
             **nulls,
             **extra,
         }
+
+    def _checked_files(self, blocks: list[JSON]) -> list[JSON]:
+        """Content blocks whose image_file parts name uploaded files."""
+        for block in blocks:
+            if block["type"] == "image_file":
+                file_id = (block.get("image_file") or {}).get("file_id")
+                if file_id not in self.files:
+                    raise _ApiError(400, f"Invalid 'image_file.file_id': no file with id '{file_id}'.")
+        return blocks
+
+    def _attachments(self, raw: Any) -> list[JSON]:
+        """`attachments` as the API returns them: [{file_id, tools: [{type}]}], each file known."""
+        attachments: list[JSON] = []
+        for item in raw or []:
+            file_id = item.get("file_id") if isinstance(item, dict) else None
+            if file_id not in self.files:
+                raise _ApiError(400, f"Invalid 'attachments.file_id': no file with id '{file_id}'.")
+            tools = [t for t in item.get("tools") or [] if isinstance(t, dict)]
+            if not tools or any(t.get("type") not in ATTACHMENT_TOOLS for t in tools):
+                raise _ApiError(400, f"Invalid 'attachments.tools': expected types {ATTACHMENT_TOOLS}.")
+            attachments.append({"file_id": file_id, "tools": [{"type": t["type"]} for t in tools]})
+        return attachments
+
+    def _index_attachments(self, thread_id: str, message: JSON) -> None:
+        """file_search attachments go into the thread's vector store: the one it has, else a new one."""
+        files = [a["file_id"] for a in message["attachments"] if {"type": "file_search"} in a["tools"]]
+        if not files:
+            return
+        resources = self._thread_meta[thread_id]["tool_resources"]
+        stores = resources.setdefault("file_search", {}).setdefault("vector_store_ids", [])
+        if not stores:
+            stores.append(f"vs_{_hex()}")
+        self.vector_stores.setdefault(stores[0], []).extend(files)
 
     def _last_user_text(self, thread_id: str) -> str:
         for message in reversed(self.threads[thread_id]):
@@ -404,8 +445,10 @@ class FakeAssistants(LoopbackServer):
             "object": "thread",
             "created_at": _now(),
             "metadata": body.get("metadata") or {},
-            "tool_resources": body.get("tool_resources") or {},
+            "tool_resources": copy.deepcopy(body.get("tool_resources") or {}),
         }
+        for message in self.threads[thread_id]:
+            self._index_attachments(thread_id, message)
         return web.json_response(self._thread_meta[thread_id])
 
     async def _get_thread(self, request: web.Request) -> web.Response:
@@ -419,6 +462,7 @@ class FakeAssistants(LoopbackServer):
             raise _ApiError(400, f"Can't add messages to {thread_id} while a run {active} is active.")
         message = self._new_message(thread_id, await self._read_json(request))
         self.threads[thread_id].append(message)
+        self._index_attachments(thread_id, message)
         return web.json_response(message)
 
     async def _list_messages(self, request: web.Request) -> web.Response:
@@ -447,16 +491,34 @@ class FakeAssistants(LoopbackServer):
             "bytes": len(data),
             "filename": filename,
             "status": "processed",
+            "expires_at": None,
+            "status_details": None,
             **meta,
         }
 
     async def _upload_file(self, request: web.Request) -> web.Response:
-        """POST /v1/files (multipart: file, purpose)."""
+        """POST /v1/files (multipart: file, purpose); refused while `fail_uploads` lasts."""
         form = await request.post()
-        upload = form.get("file")
+        upload, purpose = form.get("file"), str(form.get("purpose", ""))
         if not isinstance(upload, web.FileField):
             raise _ApiError(400, "Missing required parameter: 'file'.", param="file")
-        file_id = self.add_file(upload.filename, upload.file.read(), str(form.get("purpose", "assistants")))
+        if purpose not in UPLOAD_PURPOSES:
+            raise _ApiError(400, f"Invalid value for purpose: '{purpose}'.", param="purpose")
+        if self.fail_uploads > 0:
+            self.fail_uploads -= 1
+            status, message = self.upload_error
+            raise _ApiError(status, message, param="file")
+        data = upload.file.read()
+        file_id = self.add_file(upload.filename, data, purpose)
+        self.uploads.append(
+            {
+                "id": file_id,
+                "filename": upload.filename,
+                "purpose": purpose,
+                "content_type": upload.content_type,
+                "data": data,
+            }
+        )
         return web.json_response(self._file_object(file_id))
 
     async def _get_file(self, request: web.Request) -> web.Response:
@@ -485,6 +547,8 @@ class FakeAssistants(LoopbackServer):
             raise _ApiError(400, f"Thread {thread_id} already has an active run {active}.")
         extra = [self._new_message(thread_id, m) for m in body.get("additional_messages") or []]
         self.threads[thread_id].extend(extra)
+        for message in extra:
+            self._index_attachments(thread_id, message)
         plans: deque[AssistantsPlan] = deque([self._plans.popleft() if self._plans else Say()])
         while isinstance(plans[-1], CallFunctions) and self._plans:
             plans.append(self._plans.popleft())

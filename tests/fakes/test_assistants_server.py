@@ -302,3 +302,82 @@ async def test_files(fake: FakeAssistants, client: AsyncOpenAI) -> None:
     assert fake.files[uploaded.id] == ("in.txt", b"user data")
     with pytest.raises(openai.BadRequestError):
         await client.files.content(uploaded.id)
+
+
+async def test_uploads_record_purpose_and_can_be_made_to_fail(
+    fake: FakeAssistants, client: AsyncOpenAI
+) -> None:
+    image = await client.files.create(file=("cat.png", b"png", "image/png"), purpose="vision")
+    assert (image.filename, image.purpose, image.bytes, image.object) == ("cat.png", "vision", 3, "file")
+    assert fake.uploads == [
+        {
+            "id": image.id,
+            "filename": "cat.png",
+            "purpose": "vision",
+            "content_type": "image/png",
+            "data": b"png",
+        }
+    ]
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        await client.files.create(file=("x.txt", b"x"), purpose="nonsense")  # type: ignore[arg-type]
+    fake.fail_uploads = 1
+    with pytest.raises(openai.BadRequestError, match="Invalid file format"):
+        await client.files.create(file=("bad.csv", b"x"), purpose="assistants")
+    assert (await client.files.create(file=("ok.csv", b"x"), purpose="assistants")).filename == "ok.csv"
+    assert [u["filename"] for u in fake.uploads] == ["cat.png", "ok.csv"]
+
+
+async def test_messages_carry_image_parts_and_attachments(fake: FakeAssistants, client: AsyncOpenAI) -> None:
+    image = await client.files.create(file=("cat.png", b"png", "image/png"), purpose="vision")
+    csv = await client.files.create(file=("a.csv", b"a\n1\n"), purpose="assistants")
+    pdf = await client.files.create(file=("q3.pdf", b"%PDF"), purpose="assistants")
+    thread = await client.beta.threads.create()
+    assert thread.tool_resources is None or thread.tool_resources.file_search is None
+    message = await client.beta.threads.messages.create(
+        thread.id,
+        role="user",
+        content=[
+            {"type": "text", "text": "look"},
+            {"type": "image_file", "image_file": {"file_id": image.id, "detail": "auto"}},
+        ],
+        attachments=[
+            {"file_id": csv.id, "tools": [{"type": "code_interpreter"}]},
+            {"file_id": pdf.id, "tools": [{"type": "file_search"}]},
+        ],
+    )
+    assert [block.type for block in message.content] == ["text", "image_file"]
+    assert message.content[1].image_file.file_id == image.id  # type: ignore[union-attr]
+    assert [(a.file_id, [t.type for t in a.tools or []]) for a in message.attachments or []] == [
+        (csv.id, ["code_interpreter"]),
+        (pdf.id, ["file_search"]),
+    ]
+    # attaching for file_search gave the thread a vector store of its own
+    resources = (await client.beta.threads.retrieve(thread.id)).tool_resources
+    assert resources is not None and resources.file_search is not None
+    [store] = resources.file_search.vector_store_ids or []
+    assert fake.vector_stores == {store: [pdf.id]}
+    run = await client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=ASST)
+    assert run.status == "completed"
+    with pytest.raises(openai.BadRequestError, match="file-nope"):
+        await client.beta.threads.messages.create(
+            thread.id,
+            role="user",
+            content="x",
+            attachments=[{"file_id": "file-nope", "tools": [{"type": "file_search"}]}],
+        )
+
+
+async def test_attachments_join_a_store_the_thread_already_has(
+    fake: FakeAssistants, client: AsyncOpenAI
+) -> None:
+    thread = await client.beta.threads.create(
+        tool_resources={"file_search": {"vector_store_ids": ["vs_shared"]}}
+    )
+    pdf = await client.files.create(file=("q3.pdf", b"%PDF"), purpose="assistants")
+    await client.beta.threads.messages.create(
+        thread.id,
+        role="user",
+        content="x",
+        attachments=[{"file_id": pdf.id, "tools": [{"type": "file_search"}]}],
+    )
+    assert fake.vector_stores == {"vs_shared": [pdf.id]}
