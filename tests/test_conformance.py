@@ -124,7 +124,9 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "responses":
         async with R.FakeOpenAI() as fake:
             client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=2)
-            bridge = bridge_for({"responses": ResponsesBackend(client)}, {}, tmp_path)
+            # With the code interpreter, as images and files out need it (assistants have it on their server).
+            tools = [*PROFILES["assistants"]["general"]["tools"], {"type": "code_interpreter"}]
+            bridge = bridge_for({"responses": ResponsesBackend(client)}, {"tools": tools}, tmp_path)
             yield World("responses", bridge, responses=fake)
             await bridge.close()
     else:
@@ -189,12 +191,12 @@ async def test_two_parallel_calls_of_one_function_get_their_own_outputs(world: W
 
 
 async def test_image_out(world: World) -> None:
-    world.skip_unless(
-        "assistants", "code-interpreter image outputs of Responses are delivered with issue 5 (files)"
-    )
-    assert world.assistants
-    file_id = world.assistants.add_file("chart.png", PNG)
-    world.text("Here is the chart.", image_file_ids=[file_id])
+    if world.responses:
+        world.text("Here is the chart.", images=[PNG])  # a code interpreter output (a data URL)
+    else:
+        assert world.assistants
+        file_id = world.assistants.add_file("chart.png", PNG)
+        world.text("Here is the chart.", image_file_ids=[file_id])
     reply = await say(world, "plot it")
     [image] = reply.of_type(ImageOut)
     assert image.data == PNG
@@ -202,14 +204,16 @@ async def test_image_out(world: World) -> None:
 
 
 async def test_file_out_replaces_the_sandbox_link(world: World) -> None:
-    world.skip_unless(
-        "assistants", "container_file_citation downloads of Responses are delivered with issue 5"
-    )
-    assert world.assistants
-    file_id = world.assistants.add_file("data.csv", CSV)
     link = "sandbox:/mnt/data/data.csv"
     text = f"Download [the data]({link}) now."
-    world.text(text, chunks=6, annotations=[A.annotation("file_path", text, link, file_id)])
+    if world.responses:
+        world.responses.add_container_file("cntr_1", "cfile_1", "data.csv", CSV)
+        citation = R.container_citation(text, link, "cntr_1", "cfile_1")
+        world.text(text, chunks=6, container_id="cntr_1", annotations=[citation])
+    else:
+        assert world.assistants
+        file_id = world.assistants.add_file("data.csv", CSV)
+        world.text(text, chunks=6, annotations=[A.annotation("file_path", text, link, file_id)])
     reply = await say(world, "make a csv")
     [file] = reply.of_type(FileOut)
     assert file.data == CSV and file.filename == "data.csv"

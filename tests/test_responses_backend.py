@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
+from core.backend import TurnInput
 from core.backends.responses import ResponsesBackend
 from core.bridge import Bridge
 from core.conversation import ConversationKey
 from core.deliveries import RecentDeliveries
-from core.events import Citation, Done, FailureKind, Notice, Progress, Usage
+from core.events import Citation, Done, Event, FailureKind, FileOut, ImageOut, Notice, Progress, Usage
+from core.files import FilePart, FileRoute
 from core.messages import InboundMessage
-from core.profiles import ProfileSet
+from core.profiles import ProfileSet, parse_profiles
 from core.store import SqliteDictStore
 from core.turns import TurnRunner
+from tests.conftest import PROFILES
 from tests.fakes.openai_server import (
     ErrorEvent,
     Failed,
@@ -26,6 +31,8 @@ from tests.fakes.openai_server import (
     HttpError,
     Incomplete,
     Reply,
+    container_citation,
+    file_citation,
 )
 from tests.recording import RecordingReply
 
@@ -48,9 +55,27 @@ def make_bridge(
 _ids = iter(range(10**6))
 
 
-async def ask(bridge: Bridge, text: str, key: ConversationKey = KEY) -> RecordingReply:
+@dataclass
+class MemoryFile:
+    """A file a user sent, already downloaded (the platforms' downloads have their own tests)."""
+
+    name: str
+    data: bytes
+    mime_type: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    async def read(self, limit: int) -> bytes:
+        return self.data
+
+
+async def ask(
+    bridge: Bridge, text: str, key: ConversationKey = KEY, files: tuple[MemoryFile, ...] = ()
+) -> RecordingReply:
     reply = RecordingReply()
-    message = InboundMessage(key=key, user_id="U1", text=text, delivery_ids=(f"id{next(_ids)}",))
+    message = InboundMessage(key=key, user_id="U1", text=text, delivery_ids=(f"id{next(_ids)}",), files=files)
     await bridge.accept(message, reply)
     return await reply.finished()
 
@@ -311,3 +336,193 @@ async def test_conversation_locked_is_waited_out_not_shown(core: Bridge, fake_op
     fake_openai.enqueue(locked, locked, Reply("Got through."))
     reply = await ask(core, "hi")
     assert reply.text == "Got through." and reply.failures == []
+
+
+# ---- files both ways ---------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n a chart"
+CSV_IN = b"city,temp\nOslo,21\nRome,30\n"
+CSV_OUT = b"city,mean\nOslo,21\n"
+PDF = b"%PDF-1.7 handbook"
+
+
+def profiles_with(*tools: dict[str, Any]) -> ProfileSet:
+    general = {**PROFILES["assistants"]["general"], "tools": list(tools)}
+    return parse_profiles({"default": "general", "assistants": {"general": general}})
+
+
+@pytest.fixture
+async def analyst(fake_openai: FakeOpenAI, tmp_path: Path):
+    bridge = make_bridge(fake_openai, profiles_with({"type": "code_interpreter"}), tmp_path)
+    yield bridge
+    await bridge.close()
+
+
+def tool(request: dict[str, Any], kind: str) -> dict[str, Any]:
+    [found] = [t for t in request["tools"] if t["type"] == kind]
+    return found
+
+
+def user_parts(request: dict[str, Any]) -> list[dict[str, Any]]:
+    [message] = [i for i in request["input"] if i.get("type") == "message"]
+    return message["content"]
+
+
+async def test_csv_in_goes_to_the_container_and_a_chart_and_a_csv_come_back(
+    analyst: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    link = "sandbox:/mnt/data/summary.csv"
+    text = f"Here is the chart, and [the summary]({link}) too."
+    fake_openai.add_container_file("cntr_1", "cfile_1", "summary.csv", CSV_OUT)
+    fake_openai.enqueue(
+        Reply(
+            text,
+            chunks=len(text),  # one character per delta: the link arrives in pieces
+            images=[PNG],
+            container_id="cntr_1",
+            annotations=[container_citation(text, link, "cntr_1", "cfile_1")],
+        )
+    )
+    reply = await ask(analyst, "chart the temperatures", files=(MemoryFile("temps.csv", CSV_IN, "text/csv"),))
+
+    [upload] = fake_openai.files.values()
+    assert (upload.filename, upload.purpose, upload.data) == ("temps.csv", "user_data", CSV_IN)
+    [request] = fake_openai.requests
+    assert tool(request, "code_interpreter")["container"] == {"type": "auto", "file_ids": [upload.id]}
+    assert request["include"] == ["code_interpreter_call.outputs"]
+    assert user_parts(request) == [{"type": "input_text", "text": "chart the temperatures"}]
+    assert reply.of_type(ImageOut) == [ImageOut(PNG, "image-1.png", "image/png")]
+    assert reply.of_type(FileOut) == [FileOut(CSV_OUT, "summary.csv", "text/csv")]
+    assert reply.text == "Here is the chart, and the summary (attached: summary.csv) too."
+    assert "Uploading temps.csv…" in [p.label for p in reply.of_type(Progress)]
+    assert reply.failures == []
+
+
+async def test_a_chart_both_drawn_and_cited_is_delivered_once(
+    analyst: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    link = "sandbox:/mnt/data/chart.png"
+    text = f"![chart]({link})"
+    fake_openai.add_container_file("cntr_2", "cfile_2", "chart.png", PNG)
+    fake_openai.enqueue(
+        Reply(
+            text,
+            images=[PNG],
+            container_id="cntr_2",
+            annotations=[container_citation(text, link, "cntr_2", "cfile_2")],
+        )
+    )
+    reply = await ask(analyst, "plot it")
+    assert reply.of_type(ImageOut) == [ImageOut(PNG, "chart.png", "image/png")]
+    assert "sandbox:" not in reply.text
+
+
+async def test_a_file_that_cannot_be_downloaded_is_named_not_linked(
+    analyst: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    link = "sandbox:/mnt/data/report.csv"
+    text = f"Download [the report]({link})."
+    # Never registered: the container expired before the download.
+    fake_openai.enqueue(
+        Reply(text, chunks=5, annotations=[container_citation(text, link, "cntr_x", "cfile_x")])
+    )
+    reply = await ask(analyst, "report please")
+    assert reply.text == "Download the report (file report.csv could not be delivered)."
+    assert reply.of_type(FileOut) == [] and reply.failures == []
+
+
+async def test_a_failed_upload_is_named_and_the_text_still_answered(
+    analyst: Bridge, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.fail_upload("broken.csv")
+    files = (MemoryFile("broken.csv", b"x"), MemoryFile("fine.csv", CSV_IN))
+    reply = await ask(analyst, "compare them", files=files)
+    assert [n.text for n in reply.of_type(Notice)] == [
+        "⚠️ I could not use broken.csv: the upload to the assistant failed."
+    ]
+    assert reply.text == "You said: compare them" and reply.failures == []
+    [fine] = fake_openai.files.values()
+    assert tool(fake_openai.requests[0], "code_interpreter")["container"]["file_ids"] == [fine.id]
+
+
+async def test_a_pdf_is_indexed_once_per_conversation_and_searched_on_later_turns(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    profiles = profiles_with({"type": "file_search", "vector_store_ids": ["vs_team"]})
+    bridge = make_bridge(fake_openai, profiles, tmp_path)
+    reply = await ask(bridge, "summarise", files=(MemoryFile("handbook.pdf", PDF, "application/pdf"),))
+    [store_id] = fake_openai.vector_stores
+    labels = [(p.label, p.done) for p in reply.of_type(Progress)]
+    assert ("Indexing handbook.pdf…", False) in labels and ("Indexing handbook.pdf…", True) in labels
+    assert tool(fake_openai.requests[0], "file_search")["vector_store_ids"] == ["vs_team", store_id]
+    assert user_parts(fake_openai.requests[0]) == [{"type": "input_text", "text": "summarise"}]
+
+    await ask(bridge, "and this one?", files=(MemoryFile("policy.pdf", b"%PDF policy"),))
+    assert fake_openai.calls.count(("POST", "/v1/vector_stores")) == 1
+    assert fake_openai.calls.count(("POST", f"/v1/vector_stores/{store_id}/file_batches")) == 2
+    assert len(fake_openai.vector_stores[store_id]["file_ids"]) == 2
+
+    handbook = next(f for f in fake_openai.files.values() if f.filename == "handbook.pdf")
+    fake_openai.enqueue(Reply("25 days.", annotations=[file_citation(handbook.id, "handbook.pdf", 8)]))
+    followup = await ask(bridge, "how many holidays?")
+    assert tool(fake_openai.requests[2], "file_search")["vector_store_ids"] == ["vs_team", store_id]
+    assert followup.of_type(Citation) == [Citation("handbook.pdf", file_id=handbook.id)]
+    assert followup.text == "25 days."
+    await bridge.close()
+
+
+async def test_the_vector_store_is_kept_in_the_turn_resources(fake_openai: FakeOpenAI) -> None:
+    profile = profiles_with({"type": "file_search", "vector_store_ids": ["vs_team"]}).default
+    backend = ResponsesBackend(openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="t", max_retries=0))
+    conversation = await backend.open_conversation(profile)
+
+    async def turn(resources: dict[str, str], name: str) -> list[Event]:
+        part = FilePart(name, "application/pdf", PDF, FileRoute.FILE_SEARCH)
+        turn = TurnInput("read it", "U1", files=(part,), resources=resources)
+        return [event async for event in backend.run_turn(conversation, turn, profile)]
+
+    resources: dict[str, str] = {}
+    await turn(resources, "a.pdf")
+    assert resources == {"vector_store_id": next(iter(fake_openai.vector_stores))}
+    await turn(resources, "b.pdf")
+    assert len(fake_openai.vector_stores) == 1 and fake_openai.calls.count(("POST", "/v1/vector_stores")) == 1
+    await backend.close()
+
+
+async def test_a_file_that_cannot_be_indexed_is_named(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    profiles = profiles_with({"type": "file_search", "vector_store_ids": ["vs_team"]})
+    bridge = make_bridge(fake_openai, profiles, tmp_path)
+    fake_openai.fail_indexing("scan.pdf")
+    files = (MemoryFile("scan.pdf", b"%PDF scan"), MemoryFile("text.pdf", PDF))
+    reply = await ask(bridge, "read both", files=files)
+    assert [n.text for n in reply.of_type(Notice)] == [
+        "⚠️ I could not use scan.pdf: it could not be prepared for search."
+    ]
+    assert reply.text == "You said: read both"
+    await bridge.close()
+
+
+async def test_a_pdf_without_file_search_is_a_file_input(
+    fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path
+) -> None:
+    bridge = make_bridge(fake_openai, profiles, tmp_path)
+    await ask(bridge, "summarise", files=(MemoryFile("paper.pdf", PDF),))
+    [upload] = fake_openai.files.values()
+    assert upload.purpose == "user_data" and upload.content_type == "application/pdf"
+    assert user_parts(fake_openai.requests[0])[1:] == [{"type": "input_file", "file_id": upload.id}]
+    assert fake_openai.vector_stores == {}
+    await bridge.close()
+
+
+async def test_an_image_is_vision_input(
+    fake_openai: FakeOpenAI, profiles: ProfileSet, tmp_path: Path
+) -> None:
+    bridge = make_bridge(fake_openai, profiles, tmp_path)
+    reply = await ask(bridge, "what is this?", files=(MemoryFile("photo.png", PNG, "image/png"),))
+    [upload] = fake_openai.files.values()
+    assert user_parts(fake_openai.requests[0]) == [
+        {"type": "input_text", "text": "what is this?"},
+        {"type": "input_image", "file_id": upload.id, "detail": "auto"},
+    ]
+    assert reply.text == "You said: what is this?"
+    await bridge.close()

@@ -5,14 +5,24 @@
 service, server-sent events for `stream: true`, a conversation store and the
 `conversation_locked` rule. Tests script each `POST /v1/responses` with a plan
 (`Reply`, `FunctionCalls`, `Failed`, `Incomplete`, `ErrorEvent`, `HttpError`).
+
+Files both ways: `POST /v1/files` (multipart) keeps uploads in `files`; vector stores index
+file batches (completed on the first poll unless `fail_indexing` names the file); files the code
+interpreter made are registered with `add_container_file` and served from
+`GET /v1/containers/{cid}/files/{fid}/content`. A `Reply` can run code that draws `images`
+(returned as data URLs only with `include=["code_interpreter_call.outputs"]`) and carry
+annotations (`container_citation`, `file_citation`, `url_citation` …), each announced right
+after the delta that completes the text it covers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import itertools
 import json
+import posixpath
 import time
 import uuid
 from collections import deque
@@ -33,13 +43,19 @@ MAX_ITEMS_PER_CALL = 20
 
 @dataclass
 class Reply:
-    """Stream a normal assistant message (text=None echoes the last user text)."""
+    """Stream a normal assistant message (text=None echoes the last user text).
+
+    ``images``: the code interpreter runs first (in ``container_id``, or a fresh container) and
+    draws these PNGs; its ``outputs`` carry them as data URLs when the request asked for them.
+    """
 
     text: str | None = None
     chunks: int = 4
     usage: tuple[int, int] = (10, 5)
     annotations: list[JSON] = field(default_factory=list)
     tool_progress: list[str] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+    container_id: str | None = None
 
 
 @dataclass
@@ -87,6 +103,59 @@ class HttpError:
 
 
 Plan = Reply | FunctionCalls | Failed | Incomplete | ErrorEvent | HttpError
+
+
+@dataclass
+class StoredFile:
+    """A file uploaded with `POST /v1/files`."""
+
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    content_type: str
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def as_json(self) -> JSON:
+        """The `FileObject`."""
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+
+
+def container_citation(text: str, raw: str, container_id: str, file_id: str, filename: str = "") -> JSON:
+    """A `container_file_citation` covering ``raw`` (a sandbox link) in ``text``."""
+    start = text.index(raw)
+    return {
+        "type": "container_file_citation",
+        "container_id": container_id,
+        "file_id": file_id,
+        "filename": filename or posixpath.basename(raw.rstrip(")")),
+        "start_index": start,
+        "end_index": start + len(raw),
+    }
+
+
+def file_citation(file_id: str, filename: str, index: int) -> JSON:
+    """A `file_citation` (a file_search result) at ``index``."""
+    return {"type": "file_citation", "file_id": file_id, "filename": filename, "index": index}
+
+
+def _anchor(annotation: JSON) -> int | None:
+    """Where in the text an annotation ends (None: unknown, announce it after all the text)."""
+    value = annotation.get("end_index", annotation.get("index"))
+    return value if isinstance(value, int) else None
+
+
+FILE_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
 
 
 def _hex() -> str:
@@ -269,16 +338,26 @@ class _Turn:
         await self.emit("response.output_item.added", output_index=index, item=item)
         part: JSON = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         await self.emit("response.content_part.added", **where, part=part)
-        for number, piece in enumerate(_split(text, chunks)):
+        waiting, shown = list(enumerate(annotations)), 0
+        pieces = _split(text, chunks) if text else []
+        for number, piece in enumerate(pieces):
             if number and self.server.delta_delay > 0:
                 await asyncio.sleep(self.server.delta_delay)
             await self.emit("response.output_text.delta", **where, delta=piece, logprobs=[])
-        for number, annotation in enumerate(annotations):
+            shown += len(piece)
+            last = number == len(pieces) - 1
+            due = [(n, a) for n, a in waiting if last or (_anchor(a) is not None and _anchor(a) <= shown)]
+            for n, annotation in due:
+                await self.emit(
+                    "response.output_text.annotation.added",
+                    **where,
+                    annotation_index=n,
+                    annotation=annotation,
+                )
+            waiting = [entry for entry in waiting if entry not in due]
+        for n, annotation in waiting:  # no text at all
             await self.emit(
-                "response.output_text.annotation.added",
-                **where,
-                annotation_index=number,
-                annotation=annotation,
+                "response.output_text.annotation.added", **where, annotation_index=n, annotation=annotation
             )
         if status is None:
             return
@@ -289,21 +368,27 @@ class _Turn:
         await self.emit("response.output_item.done", output_index=index, item=item)
         self.output.append(item)
 
-    async def tool_item(self, kind: str) -> None:
-        """Show a built-in tool working: code_interpreter_call or file_search_call."""
+    async def tool_item(
+        self, kind: str, images: list[bytes] | None = None, container_id: str | None = None
+    ) -> None:
+        """Show a built-in tool working: code_interpreter_call (drawing ``images``) or file_search_call."""
         index = len(self.output)
         if kind == "code_interpreter":
             item: JSON = {
                 "id": f"ci_{_hex()}",
                 "type": "code_interpreter_call",
                 "code": "print('hello')",
-                "container_id": f"cntr_{_hex()}",
+                "container_id": container_id or f"cntr_{_hex()}",
                 "outputs": None,
                 "status": "in_progress",
             }
             steps, event = ("in_progress", "interpreting", "completed"), "response.code_interpreter_call"
-            logs = [{"type": "logs", "logs": "hello\n"}]
-            done = {"outputs": logs} if "code_interpreter_call.outputs" in self.include else {}
+            outputs: list[JSON] = [{"type": "logs", "logs": "hello\n"}]
+            outputs += [
+                {"type": "image", "url": "data:image/png;base64," + base64.b64encode(image).decode()}
+                for image in images or []
+            ]
+            done = {"outputs": outputs} if "code_interpreter_call.outputs" in self.include else {}
         else:
             item = {
                 "id": f"fs_{_hex()}",
@@ -353,7 +438,8 @@ class FakeOpenAI(LoopbackServer):
     """Loopback impersonation of the OpenAI Responses + Conversations API.
 
     Every `POST /v1/responses` consumes one enqueued plan (FIFO; `Reply()` echo when empty).
-    Requests, calls and Authorization headers are recorded for assertions.
+    Requests, calls and Authorization headers are recorded for assertions; uploads in `files`,
+    vector stores (with their file ids) in `vector_stores`.
     """
 
     def __init__(self, first_token_delay: float = 0.0, delta_delay: float = 0.0) -> None:
@@ -370,6 +456,32 @@ class FakeOpenAI(LoopbackServer):
         self._pending: dict[str, list[str]] = {}
         self._call_numbers = itertools.count(1)
         self._active: set[asyncio.Task[Any]] = set()
+        self.files: dict[str, StoredFile] = {}
+        self.vector_stores: dict[str, JSON] = {}
+        self.index_polls = 1  # the GET of a file batch that finds it done
+        self._upload_errors: dict[str, HttpError] = {}
+        self._index_failures: set[str] = set()
+        self._batches: dict[str, JSON] = {}
+        self._container_files: dict[tuple[str, str], tuple[str, bytes]] = {}
+
+    def fail_upload(self, filename: str, error: HttpError | None = None) -> None:
+        """Answer the upload of ``filename`` with an error (500 server_error unless given)."""
+        self._upload_errors[filename] = error or HttpError(
+            500, "server_error", "Upload failed", "server_error"
+        )
+
+    def fail_indexing(self, filename: str) -> None:
+        """Vector store batches end with ``filename`` failed."""
+        self._index_failures.add(filename)
+
+    def add_container_file(self, container_id: str, file_id: str, filename: str, data: bytes) -> None:
+        """A file the code interpreter wrote in a container (downloadable until it expires)."""
+        self._container_files[(container_id, file_id)] = (filename, data)
+
+    def expire_container(self, container_id: str) -> None:
+        """The container expired: its files are gone."""
+        for key in [key for key in self._container_files if key[0] == container_id]:
+            del self._container_files[key]
 
     @property
     def base_url(self) -> str:
@@ -389,7 +501,8 @@ class FakeOpenAI(LoopbackServer):
 
     async def start(self) -> None:
         """Bind 127.0.0.1 on a free port and serve."""
-        app = web.Application(middlewares=[self._middleware])
+        # Uploads may be up to 512 MB (aiohttp refuses bodies over 1 MB unless told).
+        app = web.Application(middlewares=[self._middleware], client_max_size=512 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{id}", self._model)
         app.router.add_post("/v1/conversations", self._create_conversation)
@@ -397,6 +510,16 @@ class FakeOpenAI(LoopbackServer):
         app.router.add_get("/v1/conversations/{id}/items", self._list_items)
         app.router.add_post("/v1/conversations/{id}/items", self._add_items)
         app.router.add_post("/v1/responses", self._create_response)
+        app.router.add_post("/v1/files", self._upload_file)
+        app.router.add_get("/v1/files/{id}", self._get_file)
+        app.router.add_get("/v1/files/{id}/content", self._file_content)
+        app.router.add_post("/v1/vector_stores", self._create_vector_store)
+        app.router.add_get("/v1/vector_stores/{id}", self._get_vector_store)
+        batch = "/v1/vector_stores/{id}/file_batches"
+        app.router.add_post(batch, self._create_batch)
+        app.router.add_get(batch + "/{batch}", self._get_batch)
+        app.router.add_get(batch + "/{batch}/files", self._batch_files)
+        app.router.add_get("/v1/containers/{cid}/files/{fid}/content", self._container_file)
         # handler_cancellation: a client that hangs up ends its response at once, as on the real service.
         await self._serve(app, shutdown_timeout=0.5, handler_cancellation=True)
 
@@ -544,6 +667,202 @@ class FakeOpenAI(LoopbackServer):
             }
         )
 
+    # ---- files, vector stores, containers --------------------------------------------
+
+    async def _upload_file(self, request: web.Request) -> web.Response:
+        """POST /v1/files (multipart: file, purpose)."""
+        form = await request.post()
+        upload, purpose = form.get("file"), str(form.get("purpose", ""))
+        if not isinstance(upload, web.FileField):
+            return _error(400, "Missing required parameter: 'file'.", param="file")
+        if purpose not in FILE_PURPOSES:
+            return _error(400, f"Invalid value for 'purpose': {purpose!r}.", param="purpose")
+        error = self._upload_errors.get(upload.filename)
+        if error is not None:
+            return _error(
+                error.status, error.message, type_=error.type, code=error.code, headers=error.headers
+            )
+        stored = StoredFile(
+            f"file-{_hex()[:24]}", upload.filename, purpose, upload.file.read(), upload.content_type
+        )
+        self.files[stored.id] = stored
+        return web.json_response(stored.as_json())
+
+    async def _get_file(self, request: web.Request) -> web.Response:
+        """GET /v1/files/{id}."""
+        stored = self.files.get(request.match_info["id"])
+        if stored is None:
+            return _error(404, f"No such File object: {request.match_info['id']}", param="id")
+        return web.json_response(stored.as_json())
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        """GET /v1/files/{id}/content."""
+        stored = self.files.get(request.match_info["id"])
+        if stored is None:
+            return _error(404, f"No such File object: {request.match_info['id']}", param="id")
+        return web.Response(body=stored.data, content_type="application/octet-stream")
+
+    def _vector_store_json(self, store_id: str) -> JSON:
+        store = self.vector_stores[store_id]
+        count = len(store["file_ids"])
+        return {
+            "id": store_id,
+            "object": "vector_store",
+            "created_at": store["created_at"],
+            "name": store["name"],
+            "metadata": store["metadata"],
+            "status": "completed",
+            "usage_bytes": sum(len(self.files[f].data) for f in store["file_ids"] if f in self.files),
+            "last_active_at": store["created_at"],
+            "file_counts": {
+                "in_progress": 0,
+                "completed": count,
+                "failed": 0,
+                "cancelled": 0,
+                "total": count,
+            },
+            "expires_after": store["expires_after"],
+            "expires_at": None,
+        }
+
+    async def _create_vector_store(self, request: web.Request) -> web.Response:
+        """POST /v1/vector_stores {name?, metadata?, expires_after?, file_ids?}."""
+        body = await self._read_json(request)
+        store_id = f"vs_{_hex()[:24]}"
+        self.vector_stores[store_id] = {
+            "name": body.get("name") or "",
+            "metadata": body.get("metadata") or {},
+            "expires_after": body.get("expires_after"),
+            "created_at": int(time.time()),
+            "file_ids": list(body.get("file_ids") or []),
+        }
+        return web.json_response(self._vector_store_json(store_id))
+
+    async def _get_vector_store(self, request: web.Request) -> web.Response:
+        """GET /v1/vector_stores/{id}."""
+        store_id = request.match_info["id"]
+        if store_id not in self.vector_stores:
+            return _error(404, f"No vector store found with id '{store_id}'.")
+        return web.json_response(self._vector_store_json(store_id))
+
+    def _batch_json(self, batch_id: str) -> JSON:
+        batch = self._batches[batch_id]
+        files = batch["files"]
+        done = batch["polls"] >= self.index_polls
+        failed = sum(1 for status in files.values() if status == "failed") if done else 0
+        counts = {
+            "in_progress": 0 if done else len(files),
+            "completed": len(files) - failed if done else 0,
+            "failed": failed,
+            "cancelled": 0,
+            "total": len(files),
+        }
+        return {
+            "id": batch_id,
+            "object": "vector_store.files_batch",
+            "created_at": batch["created_at"],
+            "vector_store_id": batch["vector_store_id"],
+            "status": "completed" if done else "in_progress",
+            "file_counts": counts,
+        }
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        """POST /v1/vector_stores/{id}/file_batches {file_ids}: indexing starts."""
+        store_id = request.match_info["id"]
+        if store_id not in self.vector_stores:
+            return _error(404, f"No vector store found with id '{store_id}'.")
+        file_ids = (await self._read_json(request)).get("file_ids") or []
+        missing = [file_id for file_id in file_ids if file_id not in self.files]
+        if missing or not file_ids:
+            return _error(
+                400, f"Files not found: {missing}" if missing else "file_ids is empty.", param="file_ids"
+            )
+        files = {
+            file_id: "failed" if self.files[file_id].filename in self._index_failures else "completed"
+            for file_id in file_ids
+        }
+        batch_id = f"vsfb_{_hex()[:24]}"
+        self._batches[batch_id] = {
+            "vector_store_id": store_id,
+            "created_at": int(time.time()),
+            "files": files,
+            "polls": 0,
+        }
+        self.vector_stores[store_id]["file_ids"].extend(
+            f for f, status in files.items() if status == "completed"
+        )
+        return web.json_response(self._batch_json(batch_id))
+
+    def _batch(self, request: web.Request) -> JSON | None:
+        batch = self._batches.get(request.match_info["batch"])
+        return batch if batch is not None and batch["vector_store_id"] == request.match_info["id"] else None
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        """GET /v1/vector_stores/{id}/file_batches/{batch}: each GET is one poll."""
+        batch = self._batch(request)
+        if batch is None:
+            return _error(404, f"No file batch found with id '{request.match_info['batch']}'.")
+        batch["polls"] += 1
+        return web.json_response(self._batch_json(request.match_info["batch"]))
+
+    async def _batch_files(self, request: web.Request) -> web.Response:
+        """GET /v1/vector_stores/{id}/file_batches/{batch}/files?filter=."""
+        batch = self._batch(request)
+        if batch is None:
+            return _error(404, f"No file batch found with id '{request.match_info['batch']}'.")
+        wanted = request.query.get("filter")
+        data = [
+            {
+                "id": file_id,
+                "object": "vector_store.file",
+                "created_at": batch["created_at"],
+                "vector_store_id": batch["vector_store_id"],
+                "status": status,
+                "usage_bytes": 0,
+                "last_error": (
+                    {"code": "unsupported_file", "message": "The file could not be parsed."}
+                    if status == "failed"
+                    else None
+                ),
+            }
+            for file_id, status in batch["files"].items()
+            if wanted in (None, status)
+        ]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    async def _container_file(self, request: web.Request) -> web.Response:
+        """GET /v1/containers/{cid}/files/{fid}/content: 404 once the container expired."""
+        key = (request.match_info["cid"], request.match_info["fid"])
+        if key not in self._container_files:
+            return _error(404, f"Container file {key[1]} not found in container {key[0]}.")
+        return web.Response(body=self._container_files[key][1], content_type="application/octet-stream")
+
+    def _check_request_files(self, body: JSON, items: list[JSON]) -> str | None:
+        """Why the request's tools or inputs are invalid (a code_interpreter needs a container;
+        file ids must be uploaded files), else None."""
+        for index, tool in enumerate(body.get("tools") or []):
+            if isinstance(tool, dict) and tool.get("type") == "code_interpreter":
+                container = tool.get("container")
+                if not container:
+                    return f"Missing required parameter: 'tools[{index}].container'."
+                for file_id in container.get("file_ids", []) if isinstance(container, dict) else []:
+                    if file_id not in self.files:
+                        return f"File {file_id} not found."
+        for item in items:
+            for part in item.get("content") or [] if item.get("type") == "message" else []:
+                file_id = part.get("file_id") if isinstance(part, dict) else None
+                if file_id is not None and file_id not in self.files:
+                    return f"File {file_id} not found."
+        return None
+
     # ---- responses ------------------------------------------------------------------
 
     def _check_tool_outputs(self, conv_id: str | None, items: list[JSON]) -> str | None:
@@ -594,7 +913,7 @@ class FakeOpenAI(LoopbackServer):
         if raw is not None and not isinstance(raw, (str, list)):
             return _error(400, "Invalid type for 'input': expected a string or an array.", param="input")
         items = _normalise_input(raw)
-        problem = self._check_tool_outputs(conv_id, items)
+        problem = self._check_tool_outputs(conv_id, items) or self._check_request_files(body, items)
         if problem is not None:
             return _error(400, problem, param="input")
         plan = self._plans.popleft() if self._plans else Reply()
@@ -641,8 +960,10 @@ class FakeOpenAI(LoopbackServer):
         if self.first_token_delay > 0:
             await asyncio.sleep(self.first_token_delay)
         if isinstance(plan, Reply):
+            if plan.images:
+                await turn.tool_item("code_interpreter", plan.images, plan.container_id)
             for kind in plan.tool_progress:
-                await turn.tool_item(kind)
+                await turn.tool_item(kind, container_id=plan.container_id)
             text = plan.text if plan.text is not None else f"You said: {_last_user_text(turn.items)}"
             await turn.message(text, plan.chunks, plan.annotations, "completed")
             await turn.finish("completed", plan.usage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -26,6 +27,8 @@ from tests.fakes.openai_server import (
     HttpError,
     Incomplete,
     Reply,
+    container_citation,
+    file_citation,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -284,3 +287,118 @@ async def test_many_concurrent_streams_and_disconnect(fake: FakeOpenAI, client: 
             continue
     else:
         pytest.fail("conversation stayed locked after the client disconnected")
+
+
+# ---- files both ways ---------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n chart"
+
+
+async def test_files_upload_retrieve_and_content(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
+    uploaded = await client.files.create(file=("temps.csv", b"a,b\n1,2\n", "text/csv"), purpose="user_data")
+    assert uploaded.id.startswith("file-") and uploaded.filename == "temps.csv"
+    assert uploaded.purpose == "user_data" and uploaded.bytes == 8
+    stored = fake.files[uploaded.id]
+    assert (stored.data, stored.content_type) == (b"a,b\n1,2\n", "text/csv")
+    assert (await client.files.retrieve(uploaded.id)).filename == "temps.csv"
+    assert (await client.files.content(uploaded.id)).content == b"a,b\n1,2\n"
+    with pytest.raises(openai.BadRequestError):
+        await client.files.create(file=("x.csv", b"x"), purpose="nonsense")
+    fake.fail_upload("bad.csv")
+    with pytest.raises(openai.InternalServerError):
+        await client.files.create(file=("bad.csv", b"x"), purpose="user_data")
+
+
+async def test_vector_store_batches_poll_and_report_failed_files(
+    fake: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    good = await client.files.create(file=("a.pdf", b"%PDF a"), purpose="user_data")
+    bad = await client.files.create(file=("scan.pdf", b"%PDF scan"), purpose="user_data")
+    fake.fail_indexing("scan.pdf")
+    fake.index_polls = 2
+    store = await client.vector_stores.create(name="conv store", metadata={"conversation": "conv_1"})
+    assert store.id.startswith("vs_") and store.name == "conv store"
+    batch = await client.vector_stores.file_batches.create_and_poll(
+        store.id, file_ids=[good.id, bad.id], poll_interval_ms=10
+    )
+    assert batch.status == "completed"
+    assert (batch.file_counts.completed, batch.file_counts.failed) == (1, 1)
+    assert fake.count("GET", f"/v1/vector_stores/{store.id}/file_batches/") == 2
+    failed = [
+        f.id
+        async for f in client.vector_stores.file_batches.list_files(
+            batch.id, vector_store_id=store.id, filter="failed"
+        )
+    ]
+    assert failed == [bad.id]
+    assert fake.vector_stores[store.id]["file_ids"] == [good.id]
+    with pytest.raises(openai.BadRequestError):
+        await client.vector_stores.file_batches.create(store.id, file_ids=["file-nope"])
+
+
+async def test_container_files_download_until_the_container_expires(
+    fake: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    fake.add_container_file("cntr_1", "cfile_1", "out.csv", b"x,y\n")
+    content = await client.containers.files.content.retrieve("cfile_1", container_id="cntr_1")
+    assert content.content == b"x,y\n"
+    fake.expire_container("cntr_1")
+    with pytest.raises(openai.NotFoundError):
+        await client.containers.files.content.retrieve("cfile_1", container_id="cntr_1")
+
+
+async def test_code_interpreter_images_only_with_include_and_annotations_after_their_text(
+    fake: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    link = "sandbox:/mnt/data/out.csv"
+    text = f"See [the file]({link}) and the doc."
+    annotations = [
+        container_citation(text, link, "cntr_9", "cfile_9"),
+        file_citation("file-doc", "doc.pdf", len(text) - 1),
+    ]
+    tools = [{"type": "code_interpreter", "container": {"type": "auto"}}]
+    for include in ([], ["code_interpreter_call.outputs"]):
+        fake.enqueue(Reply(text, chunks=4, images=[PNG], container_id="cntr_9", annotations=annotations))
+        events = await collect(
+            await client.responses.create(
+                model=MODEL,
+                input="x",
+                tools=tools,
+                include=include,
+                stream=True,
+            )
+        )
+        [call] = [
+            e.item for e in events if e.type == "response.output_item.done" and e.item.type != "message"
+        ]
+        assert call.type == "code_interpreter_call" and call.container_id == "cntr_9"
+        images = [o for o in call.outputs or [] if o.type == "image"]
+        if include:
+            assert [base64.b64decode(i.url.split(",", 1)[1]) for i in images] == [PNG]
+            assert images[0].url.startswith("data:image/png;base64,")
+        else:
+            assert call.outputs is None
+    shown, announced = "", {}
+    for event in events:
+        if event.type == "response.output_text.delta":
+            shown += event.delta
+        elif event.type == "response.output_text.annotation.added":
+            announced[event.annotation.type] = shown
+    # Each annotation comes right after the delta that completes the text it covers.
+    assert link in announced["container_file_citation"] != text
+    assert announced["file_citation"] == text
+    final = events[-1].response.output[-1].content[0]
+    assert [a.type for a in final.annotations] == ["container_file_citation", "file_citation"]
+    assert final.annotations[0].filename == "out.csv"
+
+
+async def test_requests_with_bad_files_or_tools_are_refused(fake: FakeOpenAI, client: AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as no_container:
+        await client.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter"}])
+    assert "container" in no_container.value.message
+    image = {"type": "input_image", "file_id": "file-nope", "detail": "auto"}
+    with pytest.raises(openai.BadRequestError):
+        await client.responses.create(
+            model=MODEL,
+            input=[{"type": "message", "role": "user", "content": [image]}],
+        )
