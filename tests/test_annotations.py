@@ -27,6 +27,11 @@ CASES = [
         ("unrelated", "-"),
         "No annotation x (file y.csv could not be delivered) end",
     ),
+    (
+        "See the chart! ![chart](sandbox:/mnt/data/chart.png) Done!",
+        ("sandbox:/mnt/data/chart.png", "attached: chart.png"),
+        "See the chart! chart (attached: chart.png) Done!",
+    ),
 ]
 
 

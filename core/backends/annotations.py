@@ -11,7 +11,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-_SANDBOX_LINK = re.compile(r"\[([^\]\n]*)\]\((sandbox:[^)\s]*)\)")
+_SANDBOX_LINK = re.compile(r"!?\[([^\]\n]*)\]\((sandbox:[^)\s]*)\)")  # "!": a markdown image
 _BARE_SANDBOX = re.compile(r"sandbox:/mnt/data/[^\s)\]]*")
 _MARKER = re.compile(r"【[^】]*】")
 
@@ -51,7 +51,7 @@ class AnnotatedText:
     def _clean(self, text: str) -> str:
         for raw, shown in self.replacements.items():
             if raw.startswith("sandbox:"):
-                link = re.compile(rf"\[([^\]\n]*)\]\({re.escape(raw)}\)")
+                link = re.compile(rf"!?\[([^\]\n]*)\]\({re.escape(raw)}\)")
                 text = link.sub(lambda m, shown=shown: f"{m.group(1)} ({shown})", text)  # type: ignore[misc]
             text = text.replace(raw, shown)
         text = _SANDBOX_LINK.sub(lambda m: f"{m.group(1)} ({unavailable(m.group(2))})", text)
@@ -91,4 +91,6 @@ def _safe_end(text: str) -> int:
     if text.startswith("]", end):
         label = text.rfind("[", 0, end)  # keep a link's label with its (possibly sandbox) URL
         end = label if label != -1 else end
+    if 0 < end and text[end - 1] == "!" and (end == len(text) or text[end] == "["):
+        end -= 1  # a "!" may open a markdown image: it stays with its link
     return end
