@@ -141,3 +141,118 @@ async def test_a_50_mb_file_meets_the_default_20_mb_cap(bridge: RunningBridge) -
         "⚠️ I could not use scan.png: it is larger than the 20 MB limit for a file.\n\nYou said: what does it say?"
     )
     assert bridge.slack.file_downloads == []
+
+
+# Files both ways, end to end through Slack, on both backends.
+
+PNG = b"\x89PNG\r\n\x1a\n a chart"
+SUMMARY = b"city,mean\nOslo,21\n"
+
+
+async def bridge_with(settings_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack, general: dict):
+    profiles = parse_profiles({"default": "general", "assistants": {"general": general}})
+    settings = settings_for_fakes(fake_openai, fake_slack, settings_path / "store.sqlite")
+    return await start_bridge(settings, profiles)
+
+
+async def test_csv_in_chart_and_csv_out_with_responses(analyst: RunningBridge) -> None:
+    from tests.fakes.openai_server import Reply, container_citation
+
+    link = "sandbox:/mnt/data/summary.csv"
+    text = f"Chart attached; [the summary]({link}) too."
+    analyst.openai.add_container_file("cntr_1", "cfile_1", "summary.csv", SUMMARY)
+    analyst.openai.enqueue(
+        Reply(
+            text,
+            images=[PNG],
+            container_id="cntr_1",
+            annotations=[container_citation(text, link, "cntr_1", "cfile_1")],
+        )
+    )
+    event = dm("chart this", [shared(analyst.slack, "F10", "temps.csv", CSV, "text/csv")])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer == "Chart attached; the summary (attached: summary.csv) too."
+    [upload] = analyst.openai.files.values()
+    assert (upload.filename, upload.data) == ("temps.csv", CSV)
+    [request] = analyst.openai.requests
+    tool = next(t for t in request["tools"] if t["type"] == "code_interpreter")
+    assert tool["container"]["file_ids"] == [upload.id]
+    await analyst.slack.wait_for(lambda: len(analyst.slack.uploads) == 2)
+    assert sorted(analyst.slack.uploads.values()) == sorted([PNG, SUMMARY])
+    completes = analyst.slack.calls_to("files.completeUploadExternal")
+    assert {c.args.get("thread_ts") for c in completes} == {event["ts"]}
+    statuses = [c.args.get("status") for c in analyst.slack.calls_to("assistant.threads.setStatus")]
+    assert "Uploading summary.csv…" in statuses
+
+
+async def test_csv_in_chart_and_csv_out_with_assistants(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
+) -> None:
+    from tests.fakes import assistants_server as A
+
+    async with A.FakeAssistants() as assistants:
+        chart = assistants.add_file("chart.png", PNG)
+        summary = assistants.add_file("summary.csv", SUMMARY)
+        link = "sandbox:/mnt/data/summary.csv"
+        text = f"Chart attached; [the summary]({link}) too."
+        assistants.enqueue(
+            A.Say(text, image_file_ids=[chart], annotations=[A.annotation("file_path", text, link, summary)])
+        )
+        general = {"backend": "assistants", "assistant_id": "asst_test", "base_url": assistants.base_url}
+        service, stop, task = await bridge_with(tmp_path, fake_openai, fake_slack, general)
+        try:
+            async with aiohttp.ClientSession() as http:
+                bot = RunningBridge(service, http, fake_slack, fake_openai)
+                event = dm("chart this", [shared(fake_slack, "F11", "temps.csv", CSV, "text/csv")])
+                await bot.post_event(event)
+                [answer] = await bot.wait_answers("D1", event["ts"])
+                await fake_slack.wait_for(lambda: len(fake_slack.uploads) == 2)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        [upload] = assistants.uploads
+        assert (upload["filename"], upload["purpose"], upload["data"]) == ("temps.csv", "assistants", CSV)
+        [message] = [m for thread in assistants.threads.values() for m in thread if m["role"] == "user"]
+        assert message["attachments"] == [{"file_id": upload["id"], "tools": [{"type": "code_interpreter"}]}]
+    assert answer == "Chart attached; the summary (attached: summary.csv) too."
+    assert sorted(fake_slack.uploads.values()) == sorted([PNG, SUMMARY])
+
+
+async def test_pdf_in_is_searched_and_the_answer_cites_it(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
+) -> None:
+    from tests.fakes.openai_server import Reply, file_citation
+
+    general = {
+        **PROFILES["assistants"]["general"],
+        "tools": [{"type": "file_search", "vector_store_ids": ["vs_team"]}],
+    }
+    service, stop, task = await bridge_with(tmp_path, fake_openai, fake_slack, general)
+    try:
+        async with aiohttp.ClientSession() as http:
+            bot = RunningBridge(service, http, fake_slack, fake_openai)
+            pdf = shared(fake_slack, "F12", "q3.pdf", b"%PDF-1.4 revenue", "application/pdf")
+            text = "Revenue grew 12%."
+            fake_openai.enqueue(Reply(text, annotations=[file_citation("file-x", "q3.pdf", len(text))]))
+            event = dm("how did revenue do?", [pdf])
+            await bot.post_event(event)
+            [answer] = await bot.wait_answers("D1", event["ts"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert answer.startswith("Revenue grew 12%.") and "q3.pdf" in answer.split("Sources", 1)[1]
+    [store] = fake_openai.vector_stores
+    [request] = fake_openai.requests
+    search = next(t for t in request["tools"] if t["type"] == "file_search")
+    assert search["vector_store_ids"] == ["vs_team", store]
+
+
+async def test_an_image_in_is_vision_input(bridge: RunningBridge) -> None:
+    event = dm("what is this?", [shared(bridge.slack, "F13", "cat.png", PNG, "image/png")])
+    await bridge.post_event(event)
+    await bridge.wait_answers("D1", event["ts"])
+    [upload] = bridge.openai.files.values()
+    [request] = bridge.openai.requests
+    parts = [p for item in request["input"] for p in item.get("content") or []]
+    assert {"type": "input_image", "file_id": upload.id, "detail": "auto"} in parts
