@@ -54,6 +54,7 @@ THINKING = "Thinking…"
 EMPTY_ANSWER = "(The assistant returned an empty answer.)"
 STILL_WORKING = "Still working on it…"
 IMAGES_BELOW = "(The assistant answered with the image below.)"
+FILES_BELOW = "(The assistant answered with the file below.)"
 SOURCES = "Sources"
 
 
@@ -128,3 +129,7 @@ def file_only_in_personal_chat(name: str) -> str:
 
 def file_upload_declined(name: str) -> str:
     return f"OK, I did not upload {name}."
+
+
+def file_upload_expired(name: str) -> str:
+    return f"{name} is no longer available: ask me again to make it."

@@ -197,6 +197,70 @@ def conversation_update_bot_added(
     }
 
 
+def download_info(name: str, download_url: str, file_type: str | None = None) -> dict[str, Any]:
+    """A file sent in a personal chat (bots with ``supportsFiles``): a pre-authorised download link."""
+    return {
+        "contentType": "application/vnd.microsoft.teams.file.download.info",
+        "contentUrl": f"https://contoso-my.sharepoint.com/personal/user/Documents/Microsoft Teams Chat Files/{name}",
+        "name": name,
+        "content": {
+            "downloadUrl": download_url,
+            "uniqueId": f"unique-{next_id()}",
+            "fileType": file_type or name.rsplit(".", 1)[-1],
+        },
+    }
+
+
+def pasted_image(content_url: str, content_type: str = "image/*", name: str | None = None) -> dict[str, Any]:
+    """An image pasted into the message box: kept by the connector's attachment service."""
+    attachment: dict[str, Any] = {"contentType": content_type, "contentUrl": content_url}
+    if name:
+        attachment["name"] = name
+    return attachment
+
+
+def channel_file(name: str) -> dict[str, Any]:
+    """A file shared in a channel or group chat: a link into the team's SharePoint."""
+    return {
+        "contentType": "reference",
+        "contentUrl": f"https://contoso.sharepoint.com/sites/team/Shared Documents/General/{name}",
+        "name": name,
+    }
+
+
+def file_consent(
+    *,
+    service_url: str,
+    action: str,
+    context: dict[str, Any],
+    upload_info: dict[str, Any] | None = None,
+    reply_to_id: str | None = None,
+    conversation_id: str = "a:personal-1",
+) -> dict[str, Any]:
+    """The invoke Teams sends when the user answers a file consent card (``context`` is the card's
+    acceptContext or declineContext; ``upload_info`` only comes with ``accept``)."""
+    value: dict[str, Any] = {"type": "fileUpload", "action": action, "context": context}
+    if upload_info is not None:
+        value["uploadInfo"] = upload_info
+    activity: dict[str, Any] = {
+        "type": "invoke",
+        "name": "fileConsent/invoke",
+        "id": f"f:{next_id()}",
+        "timestamp": _timestamp(),
+        "serviceUrl": service_url,
+        "channelId": "msteams",
+        "from": {"id": USER_ID, "name": USER_NAME, "aadObjectId": USER_AAD},
+        "recipient": {"id": BOT_ID, "name": BOT_NAME},
+        "conversation": {"id": conversation_id, "conversationType": "personal", "tenantId": TENANT},
+        "channelData": {"tenant": {"id": TENANT}},
+        "locale": "en-US",
+        "value": value,
+    }
+    if reply_to_id:
+        activity["replyToId"] = reply_to_id
+    return activity
+
+
 async def post(url: str, activity: dict[str, Any], *, token: str | None = None) -> int:
     """POST ``activity`` as JSON to the bot's ``/api/messages`` at ``url`` (with a Bearer ``token`` if
     given), as the Teams service does; return the HTTP status."""

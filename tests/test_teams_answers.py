@@ -265,18 +265,6 @@ async def test_empty_mention_and_bot_added_get_a_greeting(teams: RunningTeams) -
     assert teams.openai.requests == []
 
 
-async def test_attached_files_are_named_not_dropped(teams: RunningTeams) -> None:
-    attachment = {
-        "contentType": "application/vnd.microsoft.teams.file.download.info",
-        "name": "report.pdf",
-        "content": {"downloadUrl": "https://example.invalid/report.pdf", "fileType": "pdf"},
-    }
-    chat = T.personal("summarise this", service_url=teams.connector.service_url, attachments=[attachment])
-    await teams.post(chat)
-    [answer] = await teams.wait_answers(chat["conversation"]["id"])
-    assert "report.pdf" in answer.text and "summarise this" in answer.text
-
-
 async def test_malformed_activities_are_refused_and_the_bot_keeps_serving(teams: RunningTeams) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(teams.url, data=b"{not json", headers={"Content-Type": "application/json"}) as r:

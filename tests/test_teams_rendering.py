@@ -17,7 +17,7 @@ from bots.teams.images import MAX_BYTES, UnusableImage, fit_for_teams
 from bots.teams.outbound import Outbound
 from bots.teams.reply import TeamsReply
 from bots.teams.text import neutralise, safe_prefix, size, split_message, to_teams_markdown
-from core.events import Citation, Done, Failure, FailureKind, ImageOut, Progress, TextDelta
+from core.events import Citation, Done, Failure, FailureKind, FileOut, ImageOut, Notice, Progress, TextDelta
 from core.settings import Settings
 from tests import teams_activities as T
 from tests.fakes.teams_connector import FakeConnector
@@ -133,6 +133,69 @@ async def test_an_unreadable_image_is_named_not_dropped(connector: FakeConnector
     await reply.emit(Done())
     text, note = connector.visible(post["conversation"]["id"])
     assert text.text == "Here." and "chart.png" in note.text
+
+
+async def test_the_answer_starts_a_paragraph_after_the_bridges_notes(connector: FakeConnector) -> None:
+    post = T.channel("x", service_url=connector.service_url)
+    reply = reply_in(connector, post)
+    await reply.emit(TextDelta("Before <a"))
+    await reply.emit(Notice("⚠️ I could not use a.csv: reason."))
+    await reply.emit(TextDelta("After."))
+    await reply.emit(Done())
+    [answer] = connector.visible(post["conversation"]["id"])
+    assert answer.text == "Before <a\n\n⚠️ I could not use a.csv: reason.\n\nAfter."
+
+
+async def test_files_are_offered_after_the_answer_in_a_personal_chat(connector: FakeConnector) -> None:
+    connector.min_stream_interval = 0.1
+    chat = T.personal("x", service_url=connector.service_url)
+    offered: list[str] = []
+
+    def offer(file: FileOut) -> str | None:
+        offered.append(file.filename)
+        return None if file.filename == "huge.bin" else f"id-{len(offered)}"
+
+    reply = reply_in(connector, chat, stream_interval=0.1, offer_file=offer)
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(FileOut(b"a,b\n", "data.csv", "text/csv"))
+    await reply.emit(FileOut(b"x" * 10, "huge.bin"))
+    await reply.emit(Done())
+    answer, card = connector.visible(chat["conversation"]["id"])
+    # no text: the stream's final message says a file follows, and names the one that cannot
+    assert answer.text == "⚠️ I could not attach huge.bin here."
+    assert card.attachments == [
+        {
+            "contentType": "application/vnd.microsoft.teams.card.file.consent",
+            "name": "data.csv",
+            "content": {
+                "description": "data.csv",
+                "sizeInBytes": 4,
+                "acceptContext": {"upload": "id-1", "name": "data.csv"},
+                "declineContext": {"upload": "id-1", "name": "data.csv"},
+            },
+        }
+    ]
+
+
+async def test_a_file_alone_closes_the_stream_with_a_pointer_to_it(connector: FakeConnector) -> None:
+    connector.min_stream_interval = 0.1
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.1, offer_file=lambda file: "id")
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(FileOut(b"a,b\n", "data.csv"))
+    await reply.emit(Done())
+    answer, card = connector.visible(chat["conversation"]["id"])
+    assert answer.streamed and answer.text == "(The assistant answered with the file below.)"
+    assert card.attachments[0]["name"] == "data.csv"
+
+
+async def test_outside_personal_chats_a_file_is_named(connector: FakeConnector) -> None:
+    post = T.group_chat("x", service_url=connector.service_url)
+    reply = reply_in(connector, post)
+    await reply.emit(FileOut(b"a,b\n", "<at>data</at>.csv"))
+    await reply.emit(Done())
+    [answer] = connector.visible(post["conversation"]["id"])
+    assert answer.text.startswith("⚠️ I made <\u200bat>data<\u200b/at>.csv, but I can only send files")
 
 
 def png(width: int, height: int, noise: bool = False) -> bytes:

@@ -4,6 +4,11 @@ Teams re-sends a request it has no answer to within about 15 seconds, so every a
 acknowledged at once (202) and its turn runs in the background, answering through the saved
 conversation reference (:class:`bots.teams.outbound.Outbound`). A re-sent activity (same id) is a
 duplicate for the core and gets no second answer.
+
+Files in a message become :class:`core.files.FileSource` objects (:mod:`bots.teams.files`); files
+the assistant makes are offered in personal chats with a consent card, and the user's answer comes
+back as a ``fileConsent/invoke``, answered 200 at once and handled in the background
+(:mod:`bots.teams.uploads`). One HTTP session, owned here, does the downloads and uploads.
 """
 
 from __future__ import annotations
@@ -13,19 +18,30 @@ import html
 import logging
 import re
 import warnings
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
-from microsoft_agents.activity import Activity, ActivityTypes
+from microsoft_agents.activity import Activity, ActivityTypes, InvokeResponse
 from microsoft_agents.authentication.msal import MsalConnectionManager
 from microsoft_agents.hosting.aiohttp import CloudAdapter, jwt_authorization_decorator
 from microsoft_agents.hosting.core import AgentAuthConfiguration, OutboundHostValidator, TurnContext
 from microsoft_agents.hosting.core.authorization import AuthTypes, ClaimsIdentity
 from pydantic import ValidationError
 
-from bots.teams.outbound import Outbound
+from bots.teams.files import HostPolicy, files_of
+from bots.teams.outbound import ConnectorRefused, Outbound
 from bots.teams.reply import TeamsReply
+from bots.teams.text import neutralise
+from bots.teams.uploads import (
+    FILE_CONSENT_INVOKE,
+    PendingUploads,
+    UploadFailed,
+    file_info_card,
+    put_file,
+)
 from core import wording
 from core.bridge import Bridge
 from core.conversation import ConversationKey
@@ -37,8 +53,7 @@ log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/api/messages"
 _MESSAGE_ID = re.compile(r";messageid=(\d+)$")
-# Attachments Teams adds to every channel message (the message itself as HTML) are not files.
-_NOT_FILES = ("text/html", "application/vnd.microsoft.card.")
+_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=15, sock_read=60)
 
 
 def auth_configuration(settings: Settings) -> AgentAuthConfiguration:
@@ -57,10 +72,16 @@ def auth_configuration(settings: Settings) -> AgentAuthConfiguration:
     )
 
 
-def build_cloud_adapter(auth: AgentAuthConfiguration) -> CloudAdapter:
+def connection_manager(auth: AgentAuthConfiguration) -> MsalConnectionManager:
+    return MsalConnectionManager(connections_configurations={"SERVICE_CONNECTION": auth})
+
+
+def build_cloud_adapter(
+    auth: AgentAuthConfiguration, connections: MsalConnectionManager | None = None
+) -> CloudAdapter:
     """The SDK's adapter, sending with the bot's token (none when anonymous)."""
     adapter = CloudAdapter(
-        connection_manager=MsalConnectionManager(connections_configurations={"SERVICE_CONNECTION": auth}),
+        connection_manager=connections or connection_manager(auth),
         # With an app id the bot holds real tokens: they go to Microsoft's own hosts only.
         host_validator=OutboundHostValidator(enabled=not auth.ANONYMOUS_ALLOWED),
     )
@@ -81,7 +102,13 @@ class TeamsAdapter:
         self._bridge = bridge
         self._app_id = settings.teams_app_id
         self.auth = auth_configuration(settings)
-        self.adapter = build_cloud_adapter(self.auth)
+        self._connections = connection_manager(self.auth)
+        self.adapter = build_cloud_adapter(self.auth, self._connections)
+        self.hosts = HostPolicy(strict=not self.anonymous)
+        self.uploads = PendingUploads()
+        # The bot's Bot Framework token for a service URL (pasted images need it); replaceable in tests.
+        self.bot_token: Callable[[str], Awaitable[str | None]] = self._bot_token
+        self.http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -119,6 +146,12 @@ class TeamsAdapter:
         activity = context.activity
         if activity.type == ActivityTypes.message:
             self._spawn(self._on_message(activity))
+        elif activity.type == ActivityTypes.invoke and activity.name == FILE_CONSENT_INVOKE:
+            # Teams wants the invoke answered in the request itself; the upload follows.
+            await context.send_activity(
+                Activity(type=ActivityTypes.invoke_response, value=InvokeResponse(status=200))
+            )
+            self._spawn(self._on_file_consent(activity))
         elif activity.type == ActivityTypes.conversation_update:
             self._spawn(self._on_conversation_update(activity))
         else:
@@ -135,22 +168,58 @@ class TeamsAdapter:
         key = _key(activity)
         text = _text(activity)
         reply = self._reply(activity, conversation_type, key)
-        files = _file_names(activity)
-        if not text:
-            greeting = wording.files_not_read(files, answered_text=False) if files else wording.HELLO
-            await reply.emit(Notice(greeting))
+        service_url = activity.service_url or ""
+        files = files_of(
+            activity.attachments or [],
+            conversation_type,
+            self._http(),
+            self.hosts,
+            lambda: self.bot_token(service_url),
+        )
+        if not text and not files:
+            await reply.emit(Notice(wording.HELLO))
             await reply.emit(Done())
             return
-        if files:
-            reply.add_note(wording.files_not_read(files, answered_text=True))
         user = activity.from_property
         message = InboundMessage(
             key=key,
             user_id=(user.aad_object_id or user.id or "") if user else "",
             text=text,
             delivery_ids=(f"teams:{activity.conversation.id}:{activity.id}",),
+            files=files,
         )
         await self._bridge.accept(message, reply)
+
+    async def _on_file_consent(self, activity: Activity) -> None:
+        """The user answered a consent card: upload the file and show it, or let it go."""
+        value = _dict(activity.value)
+        context = _dict(value.get("context"))
+        info = _dict(value.get("uploadInfo"))
+        file = self.uploads.take(str(context.get("upload", "")), activity.conversation.id)
+        offered = file.filename if file else context.get("name") or info.get("name") or "That file"
+        name = neutralise(str(offered))
+        outbound = self._outbound(activity)
+        try:
+            if value.get("action") != "accept":
+                await _say(outbound, wording.file_upload_declined(name))
+            elif file is None:
+                await _say(outbound, wording.file_upload_expired(name))
+            else:
+                await self._upload(outbound, file.data, name, info)
+        finally:
+            await outbound.close()
+
+    async def _upload(self, outbound: Outbound, data: bytes, name: str, info: dict[str, Any]) -> None:
+        try:
+            await put_file(self._http(), str(info.get("uploadUrl") or ""), data, self.hosts.may_fetch)
+        except UploadFailed as exc:
+            log.warning("teams: upload of a file failed: %s", exc)
+            await _say(outbound, f"⚠️ {wording.upload_failed(name)}")
+            return
+        try:
+            await outbound.send(Activity(type="message", attachments=[file_info_card(info, name)]))
+        except ConnectorRefused as exc:
+            log.error("teams: file info card refused status=%s code=%s", exc.status, exc.code)
 
     async def _on_conversation_update(self, activity: Activity) -> None:
         """Say hello once when the bot is added to a personal chat."""
@@ -162,16 +231,43 @@ class TeamsAdapter:
             await reply.emit(Done())
 
     def _reply(self, activity: Activity, conversation_type: str, key: ConversationKey) -> TeamsReply:
+        personal = conversation_type == "personal"
+        conversation_id = activity.conversation.id
+        return TeamsReply(
+            self._outbound(activity),
+            streaming=personal,
+            typing=conversation_type in ("personal", "groupChat"),
+            on_user_stop=lambda: self._bridge.stop(key),
+            offer_file=(lambda file: self.uploads.add(conversation_id, file)) if personal else None,
+        )
+
+    def _outbound(self, activity: Activity) -> Outbound:
         reference = activity.get_conversation_reference().model_dump(
             by_alias=True, exclude_none=True, mode="json"
         )
-        identity = self.adapter.create_claims_identity(self._app_id) if self._app_id else ClaimsIdentity()
-        return TeamsReply(
-            Outbound(self.adapter, identity, reference),
-            streaming=conversation_type == "personal",
-            typing=conversation_type in ("personal", "groupChat"),
-            on_user_stop=lambda: self._bridge.stop(key),
-        )
+        return Outbound(self.adapter, self._identity(), reference)
+
+    def _identity(self) -> ClaimsIdentity:
+        return self.adapter.create_claims_identity(self._app_id) if self._app_id else ClaimsIdentity()
+
+    async def _bot_token(self, service_url: str) -> str | None:
+        """The token the SDK's connector client sends to ``service_url`` (none when anonymous)."""
+        if self.anonymous:
+            return None
+        identity = self._identity()
+        provider = self._connections.get_token_provider(identity, service_url)
+        return await provider.get_access_token(identity.get_token_audience(), identity.get_token_scope())
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The session for file downloads and uploads; with an app id, the SDK's, which refuses
+        hosts off Microsoft's list and private addresses."""
+        if self.http is None:
+            self.http = (
+                aiohttp.ClientSession(timeout=_HTTP_TIMEOUT)
+                if self.anonymous
+                else OutboundHostValidator(enabled=True).client({"timeout": _HTTP_TIMEOUT})
+            )
+        return self.http
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -187,6 +283,20 @@ class TeamsAdapter:
         """Wait for the activities being handed over (their turns belong to the bridge)."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+async def _say(outbound: Outbound, text: str) -> None:
+    try:
+        await outbound.send(Activity(type="message", text=text, text_format="markdown"))
+    except ConnectorRefused as exc:
+        log.error("teams message refused status=%s code=%s", exc.status, exc.code)
 
 
 def _conversation_type(activity: Activity) -> str:
@@ -212,11 +322,3 @@ def _text(activity: Activity) -> str:
     text = activity.remove_recipient_mention() if activity.text else ""
     text = re.sub(r"</?at>", "", text)
     return html.unescape(text).replace("\u00a0", " ").strip()
-
-
-def _file_names(activity: Activity) -> list[str]:
-    return [
-        attachment.name or attachment.content_type or "a file"
-        for attachment in activity.attachments or []
-        if not (attachment.content_type or "").startswith(_NOT_FILES)
-    ]

@@ -6,6 +6,8 @@ closed by the bot before Teams' two-minute limit (the rest of the answer follows
 and if Teams refuses streaming the answer falls back to a typing indicator and plain messages.
 Group chats get a typing indicator renewed every few seconds and one final message; channels (where
 Teams ignores typing) just the final message. Images follow the text as their own activities.
+Files follow as file consent cards in personal chats (see :mod:`bots.teams.uploads`); elsewhere
+the answer says to ask for them in a personal chat.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from microsoft_agents.activity import Activity, Attachment, StreamInfo
 from bots.teams.images import UnusableImage, fit_for_teams
 from bots.teams.outbound import ConnectorRefused, Outbound
 from bots.teams.text import neutralise, safe_prefix, sources, split_message, to_teams_markdown
+from bots.teams.uploads import consent_card
 from core import wording
 from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Notice, Progress, TextDelta
 
@@ -42,18 +45,22 @@ class TeamsReply:
 
     ``streaming`` is for personal chats only (Teams refuses it elsewhere); ``typing`` for personal
     and group chats. ``on_user_stop`` is called when the user presses Stop on the streamed answer.
+    ``offer_file`` (personal chats only) keeps a file the assistant made for its consent card and
+    returns the card's upload id, or None if the file cannot be offered.
     """
 
     outbound: Outbound
     streaming: bool
     typing: bool
     on_user_stop: Callable[[], object] | None = None
+    offer_file: Callable[[FileOut], str | None] | None = None
     stream_interval: float = STREAM_INTERVAL
     stream_limit: float = STREAM_LIMIT - STREAM_MARGIN
     keepalive: float = KEEPALIVE
     typing_interval: float = TYPING_INTERVAL
     _raw: str = ""  # neutralised model text (and notices) so far
     _raw_tail: str = ""  # text held back until it cannot become a mention tag
+    _after_notice: bool = False
     _shown: int = 0  # how much of _raw a finished message already shows
     _label: str = ""
     _stream_id: str | None = None
@@ -64,6 +71,7 @@ class TeamsReply:
     _citations: list[Citation] = field(default_factory=list)
     _notes: list[str] = field(default_factory=list)
     _images: list[ImageOut] = field(default_factory=list)
+    _offers: list[tuple[FileOut, str]] = field(default_factory=list)
     _timer: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -74,6 +82,9 @@ class TeamsReply:
 
     async def emit(self, event: Event) -> None:
         if isinstance(event, TextDelta):
+            if self._after_notice and event.text:
+                self._raw += "\n\n"  # the answer starts a paragraph after the bridge's notes
+                self._after_notice = False
             self._raw_tail += event.text
             cut = safe_prefix(self._raw_tail)
             self._raw += neutralise(self._raw_tail[:cut])
@@ -90,14 +101,27 @@ class TeamsReply:
         elif isinstance(event, Failure):
             self._notes.append(event.user_message)
         elif isinstance(event, Notice):
+            self._raw += neutralise(self._raw_tail)
+            self._raw_tail = ""
             self._raw += ("\n\n" if self._raw else "") + neutralise(event.text)
+            self._after_notice = True
         elif isinstance(event, ImageOut):
             self._images.append(event)
         elif isinstance(event, FileOut):
-            # Files go out through the file consent card (personal chats) with issue 5.
-            self._notes.append(wording.upload_failed(event.filename))
+            self._offer(event)
         elif isinstance(event, Done):
             await self._finish()
+
+    def _offer(self, file: FileOut) -> None:
+        name = neutralise(file.filename)
+        if self.offer_file is None:
+            self._notes.append(wording.file_only_in_personal_chat(name))
+            return
+        upload_id = self.offer_file(file)
+        if upload_id is None:
+            self._notes.append(wording.upload_failed(name))
+        else:
+            self._offers.append((file, upload_id))
 
     # Streaming (personal chats)
 
@@ -234,15 +258,18 @@ class TeamsReply:
         try:
             async with self._lock:
                 text = to_teams_markdown(self._raw[self._shown :].lstrip()) + self._footer()
-                if not text.strip() and not self._shown and not self._images:
+                if not text.strip() and not self._shown and not self._images and not self._offers:
                     text = wording.EMPTY_ANSWER
                 if self._stream_id is not None:
                     # The final message replaces the streamed one, so it may not be empty.
-                    await self._send_final(text or self._streamed or wording.IMAGES_BELOW)
+                    below = wording.IMAGES_BELOW if self._images else wording.FILES_BELOW
+                    await self._send_final(text or self._streamed or below)
                 elif text.strip():
                     await self._post(split_message(text))
             for image in self._images:
                 await self._send_image(image)
+            for file, upload_id in self._offers:
+                await self._send_consent_card(file, upload_id)
         finally:
             await self.outbound.close()
 
@@ -264,6 +291,14 @@ class TeamsReply:
                     await self._post(split_message(part, max(1000, len(part.encode("utf-8")) // 2)))
                 else:
                     log.error("teams message refused status=%s code=%s", exc.status, exc.code)
+
+    async def _send_consent_card(self, file: FileOut, upload_id: str) -> None:
+        card = consent_card(file, upload_id)
+        try:
+            await self.outbound.send(Activity(type="message", attachments=[card]))
+        except ConnectorRefused as exc:
+            log.warning("teams consent card refused file=%s status=%s", file.filename, exc.status)
+            await self._post([f"⚠️ {wording.upload_failed(neutralise(file.filename))}"])
 
     async def _send_image(self, image: ImageOut) -> None:
         try:

@@ -10,6 +10,14 @@ final message; 405 outside personal chats; 403 after Stop or the two-minute cap)
 enforces the 100 KB message limit and the inline-image limits, and can be told to
 rate-limit, fail or slow down the next requests. Breaches of the protocol land in
 :attr:`FakeConnector.protocol_errors`: tests assert it stays empty.
+
+It also stands in for the file hosts around Teams: :meth:`FakeConnector.add_file` serves a file
+(optionally only with ``Authorization: Bearer <token>``, like pasted images on the connector's
+attachment service), :meth:`FakeConnector.redirect_url` answers 302 to another URL, and
+:meth:`FakeConnector.upload_info` hands out a OneDrive-style ``uploadUrl`` that takes one ``PUT``
+with ``Content-Range`` (recorded in :attr:`FakeConnector.uploads`). Files may be served under any
+host name (``host=``): a session built with :func:`loopback_session` resolves every name to
+127.0.0.1, so a test can stand in for ``smba.trafficmanager.net`` and for a foreign host.
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ import dataclasses
 import io
 import json
 import re
+import secrets
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
 from tests.fakes.loopback import LoopbackServer
@@ -41,6 +53,9 @@ COMPLETED = "Content stream is not allowed on an already completed streamed mess
 NOT_CUMULATIVE = "Request streamed content should contain the previously streamed content"
 _DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif);base64,(.*)", re.DOTALL)
 _JITTER = 0.05
+_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+CONSENT_CARD = "application/vnd.microsoft.teams.card.file.consent"
+FILE_INFO_CARD = "application/vnd.microsoft.teams.card.file.info"
 
 
 @dataclass
@@ -79,6 +94,33 @@ class _Stream:
     refusals: int = 0
 
 
+@dataclass
+class Upload:
+    """An upload URL handed out by :meth:`FakeConnector.upload_info`, and what was PUT to it."""
+
+    name: str
+    data: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Download:
+    """One GET of a served file (or redirect), as the fake received it."""
+
+    host: str
+    path: str
+    authorization: str | None
+    status: int
+
+
+@dataclass
+class _File:
+    data: bytes
+    content_type: str
+    token: str | None
+    status: int
+
+
 class _Refused(Exception):
     """Raised while answering a request: reply ``status`` with a Bot Framework error body."""
 
@@ -102,6 +144,10 @@ class FakeConnector(LoopbackServer):
         self._rate_limits: list[int] = []
         self._failures: list[tuple[int, str]] = []
         self._id_counter = 0
+        self.uploads: dict[str, Upload] = {}
+        self.downloads: list[Download] = []
+        self._files: dict[str, _File] = {}
+        self._redirects: dict[str, str] = {}
 
     async def start(self) -> None:
         """Start listening on 127.0.0.1 on a free port."""
@@ -109,6 +155,9 @@ class FakeConnector(LoopbackServer):
         app.router.add_post("/v3/conversations/{cid}/activities", self._on_activity)
         app.router.add_post("/v3/conversations/{cid}/activities/{aid}", self._on_activity)
         app.router.add_put("/v3/conversations/{cid}/activities/{aid}", self._on_activity)
+        app.router.add_get("/files/{fid}/{name}", self._on_file)
+        app.router.add_get("/redirect/{rid}", self._on_redirect)
+        app.router.add_put("/upload/{uid}", self._on_upload)
         await self._serve(app, shutdown_timeout=1.0)
 
     @property
@@ -118,7 +167,49 @@ class FakeConnector(LoopbackServer):
             raise RuntimeError("FakeConnector is not started")
         return f"http://127.0.0.1:{self._port}/"
 
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """``http://<host>:<port><path>``; a host other than 127.0.0.1 needs :func:`loopback_session`."""
+        if not self._port:
+            raise RuntimeError("FakeConnector is not started")
+        return f"http://{host}:{self._port}{path}"
+
     # ------------------------------------------------------------- test helpers
+
+    def add_file(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        token: str | None = None,
+        status: int = 200,
+        host: str = "127.0.0.1",
+    ) -> str:
+        """Serve ``data`` at the returned URL; with ``token`` only to ``Authorization: Bearer
+        <token>`` (else 401); with ``status`` other than 200, answer that status instead."""
+        fid = secrets.token_hex(6)
+        self._files[fid] = _File(data, content_type, token, status)
+        return self.url(f"/files/{fid}/{name}", host)
+
+    def redirect_url(self, target: str, host: str = "127.0.0.1") -> str:
+        """A URL that answers ``302 Location: target``."""
+        rid = secrets.token_hex(6)
+        self._redirects[rid] = target
+        return self.url(f"/redirect/{rid}", host)
+
+    def upload_info(self, name: str, host: str = "127.0.0.1") -> dict[str, Any]:
+        """The ``uploadInfo`` Teams sends with an accepted file consent card: a fresh ``uploadUrl``
+        (one PUT, recorded in :attr:`uploads` under the id at the end of the URL) and the file's
+        ``contentUrl`` in the user's OneDrive."""
+        uid = secrets.token_hex(6)
+        self.uploads[uid] = Upload(name)
+        return {
+            "name": name,
+            "uploadUrl": self.url(f"/upload/{uid}", host),
+            "contentUrl": f"https://contoso-my.sharepoint.com/personal/user/Documents/Applications/{name}",
+            "uniqueId": f"unique-{uid}",
+            "fileType": name.rsplit(".", 1)[-1] if "." in name else "",
+        }
 
     def rate_limit(self, times: int = 1, retry_after: int = 1) -> None:
         """Answer the next ``times`` requests with 429, ``Retry-After: retry_after``."""
@@ -177,6 +268,56 @@ class FakeConnector(LoopbackServer):
                     f"condition not met within {timeout}s; last requests:\n{recent or '  (none)'}"
                 )
             await asyncio.sleep(0.01)
+
+    # --------------------------------------------------------------- file hosts
+
+    def _downloaded(self, request: web.Request, status: int) -> None:
+        host = (request.host or "").rsplit(":", 1)[0]
+        self.downloads.append(Download(host, request.path, request.headers.get("Authorization"), status))
+
+    async def _on_file(self, request: web.Request) -> web.StreamResponse:
+        served = self._files.get(request.match_info["fid"])
+        status = 404 if served is None else served.status
+        if (
+            served is not None
+            and served.token
+            and request.headers.get("Authorization") != f"Bearer {served.token}"
+        ):
+            status = 401
+        self._downloaded(request, status)
+        if served is None or status != 200:
+            return web.json_response({"error": {"code": "Failed", "message": "no file"}}, status=status)
+        return web.Response(body=served.data, content_type=served.content_type)
+
+    async def _on_redirect(self, request: web.Request) -> web.Response:
+        target = self._redirects.get(request.match_info["rid"])
+        self._downloaded(request, 404 if target is None else 302)
+        if target is None:
+            return web.Response(status=404)
+        return web.Response(status=302, headers={"Location": target})
+
+    async def _on_upload(self, request: web.Request) -> web.Response:
+        upload = self.uploads.get(request.match_info["uid"])
+        if upload is None:
+            return web.json_response({"error": {"code": "itemNotFound"}}, status=404)
+        if upload.data is not None:
+            self._protocol_error(f"second PUT to the upload URL of {upload.name}")
+            return web.json_response({"error": {"code": "invalidRange"}}, status=416)
+        data = await request.read()
+        upload.headers = dict(request.headers)
+        if "Authorization" in request.headers:
+            self._protocol_error(f"a token was sent with the upload of {upload.name}")
+        match = _RANGE.fullmatch(request.headers.get("Content-Range", ""))
+        size = len(data)
+        if match is None or (int(match[1]), int(match[2]), int(match[3])) != (0, size - 1, size):
+            self._protocol_error(
+                f"upload of {upload.name}: Content-Range {request.headers.get('Content-Range')!r}"
+            )
+            return web.json_response({"error": {"code": "invalidRange"}}, status=416)
+        upload.data = data
+        return web.json_response(
+            {"id": f"item-{request.match_info['uid']}", "name": upload.name, "size": size}, status=201
+        )
 
     # --------------------------------------------------------------- HTTP layer
 
@@ -331,8 +472,25 @@ class FakeConnector(LoopbackServer):
             if isinstance(url, str) and url.startswith("data:"):
                 self._check_image(url)
                 images += 1
+            if isinstance(attachment, dict):
+                self._check_file_card(attachment, activity)
         if images and (activity.get("text") or "").strip():
             self._protocol_error("inline image sent with text: Teams wants images as their own activity")
+
+    def _check_file_card(self, attachment: dict[str, Any], activity: dict[str, Any]) -> None:
+        """File consent cards (personal chats only) and file info cards, as bots-filesv4 shapes them."""
+        kind, content = attachment.get("contentType"), attachment.get("content") or {}
+        if kind == CONSENT_CARD:
+            if not _is_personal(str((activity.get("conversation") or {}).get("id", "")), activity):
+                raise self._bad_request("a file consent card outside a personal chat")
+            size = content.get("sizeInBytes")
+            if not attachment.get("name") or not isinstance(size, int) or size <= 0:
+                raise self._bad_request(f"file consent card without a name or sizeInBytes: {attachment}")
+            if not isinstance(content.get("acceptContext"), dict) or "declineContext" not in content:
+                raise self._bad_request("file consent card without acceptContext/declineContext")
+        elif kind == FILE_INFO_CARD:
+            if not attachment.get("contentUrl") or not content.get("uniqueId") or not attachment.get("name"):
+                raise self._bad_request(f"file info card without contentUrl, name or uniqueId: {attachment}")
 
     def _check_size(self, activity: dict[str, Any], *, streaming: bool) -> None:
         size = _payload_size(activity)
@@ -379,6 +537,32 @@ class FakeConnector(LoopbackServer):
         """A fresh message id shaped like Teams' (milliseconds since the epoch)."""
         self._id_counter += 1
         return str(1_700_000_000_000 + self._id_counter)
+
+
+class LoopbackResolver(AbstractResolver):
+    """Resolves every host name to 127.0.0.1 (the fakes stand in for any host)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def loopback_session() -> aiohttp.ClientSession:
+    """A client session whose every host name resolves to 127.0.0.1."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=LoopbackResolver()))
 
 
 def _stream_info(activity: dict[str, Any]) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from microsoft_agents.activity import Activity, Attachment, ConversationAccount,
 from microsoft_agents.hosting.core.connector.client import ConnectorClient
 from PIL import Image
 
-from tests.fakes.teams_connector import FakeConnector
+from tests.fakes.teams_connector import FakeConnector, loopback_session
 
 PERSONAL = "a:1abc"
 GROUP = "19:abc@thread.v2"
@@ -400,3 +400,80 @@ async def test_wait_for(fake: FakeConnector, client: ConnectorClient) -> None:
     await task
     with pytest.raises(AssertionError, match="last requests"):
         await fake.wait_for(lambda: False, timeout=0.05)
+
+
+# The file hosts around Teams
+
+
+async def test_served_files_tokens_statuses_and_redirects(fake: FakeConnector) -> None:
+    open_url = fake.add_file("a.csv", b"a,b\n", "text/csv")
+    guarded = fake.add_file("original", b"img", "image/png", token="tok", host="smba.trafficmanager.net")
+    broken = fake.add_file("b.csv", b"", status=500)
+    bounce = fake.redirect_url(open_url, host="elsewhere.example")
+    async with loopback_session() as session:
+        async with session.get(open_url) as response:
+            assert response.status == 200 and await response.read() == b"a,b\n"
+            assert response.content_type == "text/csv"
+        async with session.get(guarded) as response:
+            assert response.status == 401
+        async with session.get(guarded, headers={"Authorization": "Bearer tok"}) as response:
+            assert response.status == 200 and await response.read() == b"img"
+        async with session.get(broken) as response:
+            assert response.status == 500
+        async with session.get(bounce, allow_redirects=False) as response:
+            assert response.status == 302 and response.headers["Location"] == open_url
+    assert [(d.host, d.authorization, d.status) for d in fake.downloads] == [
+        ("127.0.0.1", None, 200),
+        ("smba.trafficmanager.net", None, 401),
+        ("smba.trafficmanager.net", "Bearer tok", 200),
+        ("127.0.0.1", None, 500),
+        ("elsewhere.example", None, 302),
+    ]
+
+
+async def test_upload_url_takes_one_put_with_its_content_range(fake: FakeConnector) -> None:
+    info = fake.upload_info("report.csv")
+    assert info["name"] == "report.csv" and info["fileType"] == "csv" and info["uniqueId"]
+    bad = fake.upload_info("bad.csv")
+    async with aiohttp.ClientSession() as session:
+        headers = {"Content-Range": "bytes 0-3/4"}
+        async with session.put(info["uploadUrl"], data=b"abcd", headers=headers) as response:
+            assert response.status == 201
+        async with session.put(info["uploadUrl"], data=b"abcd", headers=headers) as response:
+            assert response.status == 416  # a second PUT
+        async with session.put(
+            bad["uploadUrl"], data=b"abcd", headers={"Content-Range": "bytes 0-9/10"}
+        ) as r:
+            assert r.status == 416
+    uploads = list(fake.uploads.values())
+    assert [(u.name, u.data) for u in uploads] == [("report.csv", b"abcd"), ("bad.csv", None)]
+    assert len(fake.protocol_errors) == 2
+    fake.protocol_errors.clear()
+
+
+async def test_file_cards_are_checked(fake: FakeConnector, client: ConnectorClient) -> None:
+    consent = Attachment(
+        content_type="application/vnd.microsoft.teams.card.file.consent",
+        name="r.csv",
+        content={"description": "r.csv", "sizeInBytes": 4, "acceptContext": {}, "declineContext": {}},
+    )
+    personal = Activity(type="message", attachments=[consent], conversation=ConversationAccount(id=PERSONAL))
+    await client.conversations.send_to_conversation(PERSONAL, personal)
+    assert fake.visible(PERSONAL)[0].attachments[0]["contentType"].endswith("file.consent")
+    channel = Activity(
+        type="message",
+        attachments=[consent],
+        conversation=ConversationAccount(id=CHANNEL, conversation_type="channel"),
+    )
+    with pytest.raises(aiohttp.ClientResponseError) as info:
+        await client.conversations.send_to_conversation(CHANNEL, channel)
+    assert info.value.status == 400
+    no_id = Attachment(
+        content_type="application/vnd.microsoft.teams.card.file.info", name="r.csv", content={}
+    )
+    with pytest.raises(aiohttp.ClientResponseError):
+        await client.conversations.send_to_conversation(
+            PERSONAL, Activity(type="message", attachments=[no_id])
+        )
+    assert len(fake.protocol_errors) == 2
+    fake.protocol_errors.clear()
