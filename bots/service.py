@@ -17,6 +17,7 @@ from core.backends.assistants import AssistantsBackend
 from core.backends.clients import build_openai_client
 from core.backends.responses import ResponsesBackend
 from core.bridge import Bridge
+from core.channels import SqliteChannelBook
 from core.deliveries import RecentDeliveries
 from core.profiles import ProfileSet
 from core.settings import Settings
@@ -53,6 +54,7 @@ def build_bridge(settings: Settings, profiles: ProfileSet, backends: Mapping[str
         ),
         turn_timeout=settings.turn_timeout,
         file_limits=settings.file_limits,
+        book=SqliteChannelBook(settings.store_path),
     )
 
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from core import wording
+from core.admin import ChannelAdmin
 from core.backend import Backend, TurnInput
-from core.commands import Command, parse_command
+from core.channels import ChannelBook, SqliteChannelBook
+from core.commands import Command, CommandRequest, parse_command
 from core.conversation import ConversationKey
-from core.deliveries import DeliveryLog
+from core.deliveries import DeliveryLog, RecentDeliveries
 from core.errors import BackendFailed, ConversationGone
 from core.events import Done, Event, Failure, FailureKind, Notice, Progress, TextDelta, Usage
 from core.files import FileLimits, FilePart, FileRefused, FileSource, FileTooLarge, kind_of, route_for
@@ -70,8 +72,11 @@ class Bridge:
         runner: TurnRunner,
         turn_timeout: float = 600.0,
         file_limits: FileLimits | None = None,
+        book: ChannelBook | None = None,
     ) -> None:
         self.profiles = profiles
+        self.admin = ChannelAdmin(profiles, book or SqliteChannelBook(":memory:"))
+        self._explained = RecentDeliveries(ttl=24 * 3600)
         self._backends = backends
         self._store = store
         self._deliveries = deliveries
@@ -84,20 +89,34 @@ class Bridge:
         if not await self._deliveries.first_sighting(message.delivery_ids):
             log.info("duplicate delivery key=%s ids=%s", message.key, ",".join(message.delivery_ids))
             return Outcome.DUPLICATE
-        command = parse_command(message.text)
-        if command is Command.STOP:
+        request = parse_command(message.text, explicit=message.explicit_command)
+        if request is not None:
+            return await self._command(message, request, reply)
+        refusal = await self.admin.refusal(message)
+        if refusal is not None:
+            log.info("not answering key=%s", message.key)
+            # One explanation per thread: never silence, never a flood.
+            if await self._explained.first_sighting((f"explained:{message.key}",)):
+                await self._tell(reply, refusal)
+            return Outcome.REFUSED
+        queued_at = time.monotonic()
+        return await self._submit(message.key, reply, lambda: self._turn(message, reply, queued_at))
+
+    async def _command(self, message: InboundMessage, request: CommandRequest, reply: Reply) -> Outcome:
+        if request.command is Command.STOP:
             if not self.stop(message.key):
                 await self._tell(reply, wording.NOTHING_TO_STOP)
-            return Outcome.COMMAND
-        if command is Command.HELP:
-            await self._tell(reply, wording.HELP)
-            return Outcome.COMMAND
-        if command is Command.RESET:
+        elif request.command is Command.HELP:
+            await self._tell(
+                reply, (wording.MALFORMED_COMMAND + "\n\n" if request.malformed else "") + wording.HELP
+            )
+        elif request.command is Command.RESET:
             # In the thread's lane, so that messages sent before it are answered first.
             outcome = await self._submit(message.key, reply, lambda: self._reset(message.key, reply))
             return Outcome.COMMAND if outcome is Outcome.ANSWERING else outcome
-        queued_at = time.monotonic()
-        return await self._submit(message.key, reply, lambda: self._turn(message, reply, queued_at))
+        else:
+            await self._tell(reply, await self.admin.answer(message, request))
+        return Outcome.COMMAND
 
     async def _submit(self, key: ConversationKey, reply: Reply, job: Job) -> Outcome:
         admission = self._runner.submit(
@@ -140,12 +159,14 @@ class Bridge:
         """True when the bot is already part of this thread (so follow-ups need no mention)."""
         return self._runner.is_busy(key) or await self._store.get(key) is not None
 
-    def profile_for(self, key: ConversationKey) -> AssistantProfile:
-        return self.profiles.default
-
     async def _turn(self, message: InboundMessage, reply: Reply, queued_at: float) -> None:
         stats = _TurnStats(queued_at=queued_at, started_at=time.monotonic())
-        profile = self.profile_for(message.key)
+        profile = await self.admin.profile_for(message)
+        spent = await self.admin.budget_refusal(message)
+        if spent is not None:
+            log.info("budget spent key=%s", message.key)
+            await self._tell(reply, spent)
+            return
         await _emit(reply, Progress(wording.THINKING))
         try:
             async with asyncio.timeout(self._turn_timeout):
@@ -169,6 +190,8 @@ class Bridge:
             stats.failure = _failure_for(exc, message.key, self._turn_timeout)
             await _emit(reply, stats.failure)
         finally:
+            if stats.input_tokens + stats.output_tokens:  # counted before the answer is done
+                await self.admin.record(message, stats.input_tokens + stats.output_tokens)
             await _emit(reply, Done())
             _log_turn(message.key, profile, stats)
 
@@ -255,6 +278,7 @@ class Bridge:
         for backend in self._backends.values():
             await backend.close()
         await self._store.close()
+        await self.admin.book.close()
 
 
 async def _emit(reply: Reply, event: Event) -> None:

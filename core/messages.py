@@ -17,6 +17,9 @@ class InboundMessage:
     ``delivery_ids`` name this delivery in every way the platform may repeat it (Slack: the
     ``event_id`` and ``channel/ts``); if any of them was seen recently the message is a duplicate.
     ``files`` are the attached files, not yet downloaded (the core reads them in the turn).
+    ``place`` is ``"dm"`` (a direct or personal chat), ``"group"`` or ``"channel"``;
+    ``user_roles`` what the platform says of the user (``"workspace_admin"``, ``"guest"``);
+    ``explicit_command`` marks text from a slash command (always a command, never a question).
     """
 
     key: ConversationKey
@@ -24,6 +27,9 @@ class InboundMessage:
     text: str
     delivery_ids: tuple[str, ...]
     files: tuple[FileSource, ...] = ()
+    place: str = "channel"
+    user_roles: frozenset[str] = frozenset()
+    explicit_command: bool = False
 
 
 class Reply(Protocol):

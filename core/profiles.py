@@ -123,9 +123,30 @@ _RUN_CONTROLS = {
 _ASSISTANTS_ONLY = ("assistant_id", "base_url", "api_key_env", "stream", *sorted(_RUN_CONTROLS))
 
 
+class _AdminsSpec(_Strict):
+    slack: list[str] = Field(default_factory=list)
+    teams: list[str] = Field(default_factory=list)
+    slack_workspace_admins: bool = False
+
+
+class _AccessSpec(_Strict):
+    dms: bool = True
+    channels: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    guests: bool = False
+
+
+class _LimitsSpec(_Strict):
+    channel_daily_tokens: int = Field(default=0, ge=0)
+    user_daily_tokens: int = Field(default=0, ge=0)
+
+
 class _FileSpec(_Strict):
     default: str
     assistants: dict[str, _ProfileSpec] = Field(min_length=1)
+    admins: _AdminsSpec = Field(default_factory=_AdminsSpec)
+    access: _AccessSpec = Field(default_factory=_AccessSpec)
+    limits: _LimitsSpec = Field(default_factory=_LimitsSpec)
 
 
 @dataclass(frozen=True)
@@ -179,12 +200,36 @@ class AssistantsSettings:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """Who administers the bot, where it answers and what it may spend (``[admins]``,
+    ``[access]``, ``[limits]`` in the profiles file). Empty allowlists allow everyone; a limit of
+    0 is no limit. Admins can change the per-channel part with commands."""
+
+    slack_admins: frozenset[str] = frozenset()
+    teams_admins: frozenset[str] = frozenset()
+    slack_workspace_admins: bool = False
+    dms: bool = True
+    channels: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    guests: bool = False
+    channel_daily_tokens: int = 0
+    user_daily_tokens: int = 0
+
+    def is_admin(self, platform: str, user_id: str, roles: frozenset[str]) -> bool:
+        listed = self.slack_admins if platform == "slack" else self.teams_admins
+        return user_id in listed or (
+            platform == "slack" and self.slack_workspace_admins and "workspace_admin" in roles
+        )
+
+
+@dataclass(frozen=True)
 class ProfileSet:
-    """All profiles from the file, and which one answers where nothing else is chosen."""
+    """All profiles from the file, which one answers where nothing else is chosen, and the policy."""
 
     default_name: str
     profiles: Mapping[str, AssistantProfile]
     source: str = ""
+    policy: Policy = field(default_factory=Policy)
 
     @property
     def default(self) -> AssistantProfile:
@@ -225,7 +270,18 @@ def parse_profiles(
     profiles = {
         name: _build_profile(name, profile, source, tool_timeout) for name, profile in spec.assistants.items()
     }
-    return ProfileSet(default_name=spec.default, profiles=profiles, source=source)
+    policy = Policy(
+        slack_admins=frozenset(spec.admins.slack),
+        teams_admins=frozenset(spec.admins.teams),
+        slack_workspace_admins=spec.admins.slack_workspace_admins,
+        dms=spec.access.dms,
+        channels=frozenset(spec.access.channels),
+        users=frozenset(spec.access.users),
+        guests=spec.access.guests,
+        channel_daily_tokens=spec.limits.channel_daily_tokens,
+        user_daily_tokens=spec.limits.user_daily_tokens,
+    )
+    return ProfileSet(default_name=spec.default, profiles=profiles, source=source, policy=policy)
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -66,10 +66,14 @@ NOTHING_TO_STOP = "Nothing is running in this thread."
 RESET_DONE = "Done: the next message here starts a new conversation with the assistant."
 HELP = (
     "Ask me anything here and I will answer in this thread. "
-    "Say one of these on its own to talk to me rather than the assistant:\n"
+    "Say one of these on its own (or use `/assistant <command>` in Slack) to talk to me rather "
+    "than the assistant:\n"
     "- `help`: this list\n"
+    "- `show`: which assistant answers here, and the limits\n"
+    "- `list`: the assistants there are\n"
     "- `reset`: start a new conversation in this thread\n"
-    "- `stop`: stop the answer being written"
+    "- `stop`: stop the answer being written\n"
+    "Admins only: `use <assistant>`, `limit <tokens per day>` or `limit off`, `allow`, `deny`, `usage`."
 )
 HELLO = "Hi! Ask me anything in this thread and I will answer here."
 
@@ -133,3 +137,61 @@ def file_upload_declined(name: str) -> str:
 
 def file_upload_expired(name: str) -> str:
     return f"{name} is no longer available: ask me again to make it."
+
+
+NOT_ADMIN = "Only the bot's admins can do that. Nothing was changed."
+MALFORMED_COMMAND = "I did not understand that command. Nothing was changed."
+DENIED_HERE = "I'm switched off in this channel. An admin can switch me on here with `allow`."
+NOT_ALLOWED_HERE = "I'm not set up to answer in this channel. An admin can allow it with `allow`."
+DMS_OFF = "I don't answer direct messages here. Please ask in a channel where I'm set up."
+NOT_FOR_YOU = "I'm only set up to answer some people here. Please ask an admin for access."
+NO_GUESTS = "I don't answer guest accounts. Please ask an admin for access."
+ALLOWED_HERE = "Done: I answer in this channel now."
+DENIED_NOW = "Done: I no longer answer in this channel (admins can still use commands here)."
+LIMIT_OFF = "Done: no daily token limit in this channel now."
+
+
+def limit_set(tokens: int) -> str:
+    return f"Done: this channel may use {tokens:,} tokens a day (UTC)."
+
+
+def switched(profile: str) -> str:
+    return f"Done: `{profile}` answers in this channel from the next message on."
+
+
+def unknown_profile(name: str, names: list[str]) -> str:
+    return f"There is no assistant called `{name}`. There are: {', '.join(f'`{n}`' for n in names)}."
+
+
+def show(profile: str, description: str, model: str, limit: int, used: int) -> str:
+    about = f" ({description})" if description else ""
+    budget = (
+        f"{limit:,} tokens a day, {used:,} used today (UTC)"
+        if limit
+        else f"no daily limit ({used:,} used today)"
+    )
+    return f"Here `{profile}`{about} answers, with model `{model}`. Budget: {budget}."
+
+
+def profile_list(entries: list[tuple[str, str, bool]]) -> str:
+    lines = ["The assistants:"]
+    for name, description, here in entries:
+        lines.append(
+            f"- `{name}`{': ' + description if description else ''}{' (answers here)' if here else ''}"
+        )
+    return "\n".join(lines)
+
+
+def usage(today_tokens: int, today_turns: int, month_tokens: int, month_turns: int) -> str:
+    return (
+        f"This channel used {today_tokens:,} tokens in {today_turns:,} answers today and "
+        f"{month_tokens:,} tokens in {month_turns:,} answers this month (UTC)."
+    )
+
+
+def channel_budget_spent(limit: int) -> str:
+    return f"This channel has used its {limit:,} tokens for today. I'll answer again after midnight UTC."
+
+
+def user_budget_spent(limit: int) -> str:
+    return f"You have used your {limit:,} tokens for today. I'll answer you again after midnight UTC."

@@ -1,0 +1,120 @@
+"""What admins set per channel, what each channel and user spends, and who changed what.
+
+A "channel" is where a conversation lives: a Slack channel or DM, a Teams channel, group chat or
+personal chat (a :class:`core.conversation.ConversationKey` without its thread). Days and months
+are UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlitedict import SqliteDict
+
+from core.conversation import ConversationKey
+
+
+def channel_of(key: ConversationKey) -> str:
+    """``platform:workspace:channel``: the key of a conversation's channel."""
+    return f"{key.platform}:{key.workspace}:{key.channel}"
+
+
+def utc_day(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now if now is not None else time.time()))
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """``None`` everywhere means "as the file says"."""
+
+    profile: str | None = None
+    daily_tokens: int | None = None  # 0: no limit here
+    answers: bool | None = None  # allow / deny
+
+
+@dataclass(frozen=True)
+class Usage:
+    tokens: int = 0
+    turns: int = 0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    who: str
+    where: str
+    what: str
+    before: str
+    after: str
+
+
+class ChannelBook(Protocol):
+    """Per-channel settings, token usage and the audit log. Safe from many tasks at once; never
+    blocks the event loop."""
+
+    async def settings(self, channel: str) -> ChannelSettings: ...
+
+    async def set_settings(self, channel: str, settings: ChannelSettings) -> None: ...
+
+    async def add_usage(self, channel: str, user: str, tokens: int, now: float | None = None) -> None: ...
+
+    async def channel_usage(self, channel: str, period: str) -> Usage: ...
+
+    async def user_usage(self, user: str, period: str) -> Usage: ...
+
+    async def audit(self, entry: AuditEntry) -> None: ...
+
+    async def audit_entries(self) -> list[AuditEntry]: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteChannelBook:
+    """:class:`ChannelBook` in a sqlitedict file (tables ``channels``, ``usage``, ``audit``).
+    Usage is kept per day and per month; the audit log only grows."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._settings = SqliteDict(str(path), tablename="channels", autocommit=True, outer_stack=False)
+        self._usage = SqliteDict(str(path), tablename="usage", autocommit=True, outer_stack=False)
+        self._audit = SqliteDict(str(path), tablename="audit", autocommit=True, outer_stack=False)
+        self._lock = asyncio.Lock()  # usage is read-modify-write
+
+    async def settings(self, channel: str) -> ChannelSettings:
+        raw: dict[str, Any] | None = await asyncio.to_thread(self._settings.get, channel)
+        return ChannelSettings(**raw) if raw else ChannelSettings()
+
+    async def set_settings(self, channel: str, settings: ChannelSettings) -> None:
+        await asyncio.to_thread(self._settings.__setitem__, channel, asdict(settings))
+
+    async def add_usage(self, channel: str, user: str, tokens: int, now: float | None = None) -> None:
+        day = utc_day(now)
+        keys = [f"{channel}|{day}", f"{channel}|{day[:7]}", f"user:{user}|{day}", f"user:{user}|{day[:7]}"]
+        async with self._lock:
+            await asyncio.to_thread(self._add, keys, tokens)
+
+    def _add(self, keys: list[str], tokens: int) -> None:
+        for key in keys:
+            tokens_so_far, turns = self._usage.get(key, (0, 0))
+            self._usage[key] = (tokens_so_far + tokens, turns + 1)
+
+    async def channel_usage(self, channel: str, period: str) -> Usage:
+        return Usage(*await asyncio.to_thread(self._usage.get, f"{channel}|{period}", (0, 0)))
+
+    async def user_usage(self, user: str, period: str) -> Usage:
+        return Usage(*await asyncio.to_thread(self._usage.get, f"user:{user}|{period}", (0, 0)))
+
+    async def audit(self, entry: AuditEntry) -> None:
+        await asyncio.to_thread(self._audit.__setitem__, f"{entry.at:020.6f}|{entry.where}", asdict(entry))
+
+    async def audit_entries(self) -> list[AuditEntry]:
+        rows: list[tuple[str, dict[str, Any]]] = await asyncio.to_thread(lambda: list(self._audit.items()))
+        return [AuditEntry(**row) for _, row in sorted(rows)]
+
+    async def close(self) -> None:
+        for table in (self._settings, self._usage, self._audit):
+            await asyncio.to_thread(table.close)
