@@ -75,21 +75,27 @@ class ChannelBook(Protocol):
 
 class SqliteChannelBook:
     """:class:`ChannelBook` in a sqlitedict file (tables ``channels``, ``usage``, ``audit``).
-    Usage is kept per day and per month; the audit log only grows."""
+    Usage is kept per day and per month; the audit log only grows. Settings are cached: this
+    store is for one process (several replicas need a shared store)."""
 
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._settings = SqliteDict(str(path), tablename="channels", autocommit=True, outer_stack=False)
-        self._usage = SqliteDict(str(path), tablename="usage", autocommit=True, outer_stack=False)
+        self._usage = SqliteDict(str(path), tablename="usage", autocommit=False, outer_stack=False)
         self._audit = SqliteDict(str(path), tablename="audit", autocommit=True, outer_stack=False)
         self._lock = asyncio.Lock()  # usage is read-modify-write
+        # Settings are read on every turn and written only by admins through this object.
+        self._cache: dict[str, ChannelSettings] = {}
 
     async def settings(self, channel: str) -> ChannelSettings:
-        raw: dict[str, Any] | None = await asyncio.to_thread(self._settings.get, channel)
-        return ChannelSettings(**raw) if raw else ChannelSettings()
+        if channel not in self._cache:
+            raw: dict[str, Any] | None = await asyncio.to_thread(self._settings.get, channel)
+            self._cache[channel] = ChannelSettings(**raw) if raw else ChannelSettings()
+        return self._cache[channel]
 
     async def set_settings(self, channel: str, settings: ChannelSettings) -> None:
         await asyncio.to_thread(self._settings.__setitem__, channel, asdict(settings))
+        self._cache[channel] = settings
 
     async def add_usage(self, channel: str, user: str, tokens: int, now: float | None = None) -> None:
         day = utc_day(now)
@@ -101,6 +107,7 @@ class SqliteChannelBook:
         for key in keys:
             tokens_so_far, turns = self._usage.get(key, (0, 0))
             self._usage[key] = (tokens_so_far + tokens, turns + 1)
+        self._usage.commit()  # one commit for the four counters
 
     async def channel_usage(self, channel: str, period: str) -> Usage:
         return Usage(*await asyncio.to_thread(self._usage.get, f"{channel}|{period}", (0, 0)))
