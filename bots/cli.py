@@ -1,9 +1,10 @@
-"""The ``assistant-bridge`` command: ``serve``, ``check`` and ``teams-package``."""
+"""The ``assistant-bridge`` command: ``serve``, ``check``, ``audit`` and ``teams-package``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     check = sub.add_parser("check", help="validate the configuration and reach each configured service")
     check.add_argument("--config", help="assistant profiles file")
+    audit = sub.add_parser("audit", help="print every change admins made (who, when, where, before -> after)")
+    audit.add_argument(
+        "--store", help="the store file (default: $ASSISTANT_BRIDGE_STORE or assistant-bridge.sqlite)"
+    )
     package = sub.add_parser(
         "teams-package", help="write the Teams app package (manifest and icons) to upload to Teams"
     )
@@ -56,10 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    if args.config:
+    if getattr(args, "config", None):
         settings.config_path = args.config
     if getattr(args, "port", None) is not None:
         settings.port = args.port
+    if args.command == "audit":
+        store = args.store or settings.store_path
+        if store != ":memory:" and not Path(store).exists():
+            _say(f"audit: no store at {store} (set ASSISTANT_BRIDGE_STORE or --store)")
+            print("no changes recorded")
+            return 0
+        return asyncio.run(_audit(store))
     if args.command == "serve":
         return _serve(settings)
     return asyncio.run(_check(settings))
@@ -120,6 +132,27 @@ def _serve(settings: Settings) -> int:
         _say(f"config error: {exc}")
         return 2
     asyncio.run(serve_until_signalled(service))
+    return 0
+
+
+async def _audit(store_path: str) -> int:
+    """One line per change, oldest first: ``<UTC time>  <who>  <where>  <what>  <before> -> <after>``.
+    Needs only the store: no Slack, Teams or OpenAI settings."""
+    from core.channels import SqliteChannelBook
+
+    book = SqliteChannelBook(store_path)
+    try:
+        entries = await book.audit_entries()
+    finally:
+        await book.close()
+    if not entries:
+        print("no changes recorded")
+    for entry in entries:
+        at = datetime.datetime.fromtimestamp(entry.at, datetime.UTC).isoformat(timespec="seconds")
+        print(
+            f"{at.replace('+00:00', 'Z')}  {entry.who}  {entry.where}  {entry.what}  "
+            f"{entry.before} -> {entry.after}"
+        )
     return 0
 
 

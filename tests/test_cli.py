@@ -229,3 +229,29 @@ async def test_serve_with_teams_only_answers_on_api_messages(tmp_path: Path, fak
     stderr = (await process.stderr.read()).decode()
     assert "TEAMS IS OPEN TO ANYONE" in stderr and "teams=/api/messages" in stderr
     assert "a secret question" not in stderr  # no message bodies in the log
+
+
+async def test_audit_prints_every_change_without_other_settings(tmp_path: Path) -> None:
+    from core.channels import AuditEntry, SqliteChannelBook
+
+    env = base_env(tmp_path, ASSISTANT_BRIDGE_STORE=str(tmp_path / "store.sqlite"))
+    code, out, _ = await run_cli(tmp_path, "audit", env=env)
+    assert code == 0 and out.strip() == "no changes recorded"  # no store yet
+
+    book = SqliteChannelBook(tmp_path / "store.sqlite")
+    await book.audit(
+        AuditEntry(86_400.0, "U-admin", "slack:T1:C1", "use", "profile=default", "profile=analyst")
+    )
+    await book.audit(
+        AuditEntry(90_061.5, "aad-admin", "teams:t:19:c@thread", "deny", "answers=default", "answers=denied")
+    )
+    await book.close()
+
+    code, out, err = await run_cli(tmp_path, "audit", env=env)  # no Slack, Teams or OpenAI settings
+    assert code == 0, err
+    assert out.splitlines() == [
+        "1970-01-02T00:00:00Z  U-admin  slack:T1:C1  use  profile=default -> profile=analyst",
+        "1970-01-02T01:01:01Z  aad-admin  teams:t:19:c@thread  deny  answers=default -> answers=denied",
+    ]
+    code, out, _ = await run_cli(tmp_path, "audit", "--store", str(tmp_path / "empty.sqlite"), env=env)
+    assert code == 0 and out.strip() == "no changes recorded"

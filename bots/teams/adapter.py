@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/api/messages"
 _MESSAGE_ID = re.compile(r";messageid=(\d+)$")
+# Where a conversation is, in the core's words (access rules and DMs on/off depend on it).
+_PLACES = {"personal": "dm", "groupChat": "group", "channel": "channel"}
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=15, sock_read=60)
 
 
@@ -187,6 +189,7 @@ class TeamsAdapter:
             text=text,
             delivery_ids=(f"teams:{activity.conversation.id}:{activity.id}",),
             files=files,
+            place=_PLACES.get(conversation_type, "group"),
         )
         await self._bridge.accept(message, reply)
 
