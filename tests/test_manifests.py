@@ -19,8 +19,18 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
     assert len(features["agent_view"]["suggested_prompts"]) <= 4
     assert len(manifest["display_information"]["name"]) <= 35
     assert features["app_home"]["messages_tab_enabled"] is True
+    assert features["app_home"]["home_tab_enabled"] is True  # app_home_opened publishes the Home tab
+    [command] = features["slash_commands"]
+    assert command["command"] == "/assistant" and command["should_escape"] is False
+    assert 0 < len(command["description"]) <= 100 and len(command["usage_hint"]) <= 100
+    assert "use <assistant>" in command["usage_hint"]
+    if socket_mode:
+        assert "url" not in command  # Socket Mode delivers commands over the socket
+    else:
+        assert command["url"] == manifest["settings"]["event_subscriptions"]["request_url"]
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    # app_mention, DMs and thread follow-ups; chat.*Stream/postMessage/update; setStatus; uploads
+    # app_mention, DMs and thread follow-ups; chat.*Stream/postMessage/update/postEphemeral;
+    # setStatus; uploads; the slash command; users.info (admins and guests)
     assert {
         "app_mentions:read",
         "im:history",
@@ -30,6 +40,8 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
         "chat:write",
         "assistant:write",
         "files:write",
+        "commands",
+        "users:read",
     } <= scopes
     settings = manifest["settings"]
     assert {
@@ -39,6 +51,7 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
         "message.groups",
         "message.mpim",
         "agent_session_stopped",
+        "app_home_opened",
     } == set(settings["event_subscriptions"]["bot_events"])
     assert settings["socket_mode_enabled"] is socket_mode
     if not socket_mode:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,18 +16,24 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack.ephemeral import EphemeralReply
 from bots.slack.files import SlackFile, files_of
+from bots.slack.home import home_view
 from bots.slack.reply import SlackReply, SlackThread
 from bots.slack.text import neutralise
+from bots.slack.users import UserRoles
 from core import wording
 from core.bridge import Bridge
+from core.commands import Command, parse_command
 from core.conversation import ConversationKey
+from core.events import Done, Notice
 from core.messages import InboundMessage
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+SLASH_COMMAND = "/assistant"
 SLACK_API_URL = "https://slack.com/api/"
 
 # Message subtypes that are a person saying something new; edits, deletions, joins and bot
@@ -56,6 +65,12 @@ class SlackAdapter:
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.event("agent_session_stopped")(self._on_stop_button)
+        self.app.event("app_home_opened")(self._on_home_opened)
+        self.app.command(SLASH_COMMAND)(self._on_slash_command)
+        self.roles = UserRoles(self.client)
+        # Threads with a message on its way to the core (waiting for users.info, say): a follow-up
+        # there is for the bot, and goes to the core after the messages before it, in order.
+        self._accepting: dict[ConversationKey, tuple[asyncio.Lock, list[int]]] = {}
         self._socket_handler: Any = None
         self._own_session = False
 
@@ -75,7 +90,8 @@ class SlackAdapter:
         # In channels the bot answers a mention (app_mention) and, without one, only follow-ups in
         # threads it is already part of.
         thread_ts = event.get("thread_ts")
-        if thread_ts and await self._bridge.answers_thread(self._key(event, context)):
+        key = self._key(event, context)
+        if thread_ts and (key in self._accepting or await self._bridge.answers_thread(key)):
             await self._answer(event, body, context)
 
     async def _on_stop_button(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
@@ -103,17 +119,92 @@ class SlackAdapter:
             )
             return
         reply = SlackReply(self.client, thread)
+        user = event.get("user") or ""
+        async with self._in_order(key):
+            await self._accept_message(key, event, body, text, files, user, reply)
+
+    @contextlib.asynccontextmanager
+    async def _in_order(self, key: ConversationKey) -> AsyncIterator[None]:
+        """Messages of one thread reach the core one after another, in the order they came."""
+        lock, count = self._accepting.setdefault(key, (asyncio.Lock(), [0]))
+        count[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            count[0] -= 1
+            if count[0] == 0:
+                del self._accepting[key]
+
+    async def _accept_message(
+        self,
+        key: ConversationKey,
+        event: dict[str, Any],
+        body: dict[str, Any],
+        text: str,
+        files: tuple[SlackFile, ...],
+        user: str,
+        reply: SlackReply,
+    ) -> None:
         message = InboundMessage(
             key=key,
-            user_id=event.get("user") or "",
+            user_id=user,
             text=text,
             delivery_ids=(
                 f"slack:event:{body.get('event_id')}",
                 f"slack:msg:{event['channel']}:{event['ts']}",
             ),
             files=files,
+            place=_place(event.get("channel_type"), event["channel"]),
+            user_roles=await self.roles.roles(user),
         )
         await self._bridge.accept(message, reply)
+
+    async def _on_slash_command(self, ack: Any, command: dict[str, Any], context: AsyncBoltContext) -> None:
+        """``/assistant <words>``: always a command (words that do not fit get the help text),
+        about the channel it was typed in; the answer is ephemeral, for the user alone.
+
+        Slack does not say which thread a slash command was typed in, so ``reset`` and ``stop``
+        (which act on a thread) are not run from here: the user is told to say them in the thread.
+        """
+        await ack()
+        channel, user = command.get("channel_id") or "", command.get("user_id") or ""
+        workspace = context.team_id or context.enterprise_id or command.get("team_id") or ""
+        reply = EphemeralReply(self.client, channel, user, command.get("response_url"))
+        text = command.get("text") or ""
+        request = parse_command(text, explicit=True)
+        if request is not None and request.command in (Command.RESET, Command.STOP):
+            await reply.emit(Notice(_in_thread(request.command.value)))
+            await reply.emit(Done())
+            return
+        message = InboundMessage(
+            key=ConversationKey("slack", workspace, channel, ""),
+            user_id=user,
+            text=text,
+            delivery_ids=(f"slack:cmd:{command.get('trigger_id')}",),
+            place=_place(None, channel, command.get("channel_name")),
+            user_roles=await self.roles.roles(user),
+            explicit_command=True,
+        )
+        await self._bridge.accept(message, reply)
+
+    async def _on_home_opened(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
+        """The App Home tab was opened: publish this user's view of it."""
+        if event.get("tab") != "home" or not event.get("user"):
+            return
+        user = event["user"]
+        workspace = context.team_id or context.enterprise_id or ""
+        try:
+            view = await home_view(
+                self._bridge.admin,
+                team=workspace,
+                user=user,
+                dm_channel=event.get("channel"),
+                roles=await self.roles.roles(user),
+            )
+            await self.client.views_publish(user_id=user, view=view)
+        except Exception:
+            log.exception("slack home tab not published user=%s", user)
 
     def _files(self, event: dict[str, Any]) -> tuple[SlackFile, ...]:
         if not event.get("files"):
@@ -158,6 +249,26 @@ class SlackAdapter:
         )
         await self._socket_handler.connect_async()
         log.info("slack socket mode connected")
+
+
+def _in_thread(command: str) -> str:
+    return (
+        f"`{command}` works on one thread, and Slack does not tell me which thread a slash command "
+        f"comes from. Say `{command}` in the thread itself (after mentioning me in a channel). "
+        "Nothing was changed."
+    )
+
+
+def _place(channel_type: str | None, channel: str, channel_name: str | None = None) -> str:
+    """``dm``, ``group`` or ``channel``, from an event's ``channel_type`` or, for slash commands
+    (which have none), the channel's id and name."""
+    if channel_type == "im" or (
+        channel_type is None and (channel[:1] == "D" or channel_name == "directmessage")
+    ):
+        return "dm"
+    if channel_type == "mpim" or (channel_type is None and (channel_name or "").startswith("mpdm-")):
+        return "group"
+    return "channel"
 
 
 def _strip_mention(text: str, bot_user_id: str | None) -> str:

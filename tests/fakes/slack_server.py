@@ -60,6 +60,15 @@ class Message:
     updates: int = 0
 
 
+@dataclass
+class Ephemeral:
+    """A message only ``user`` sees in ``channel`` (chat.postEphemeral)."""
+
+    channel: str
+    user: str
+    text: str
+
+
 class _MethodError(Exception):
     """Raised by a handler to answer ``{"ok": false, "error": <error>}``."""
 
@@ -100,6 +109,9 @@ class FakeSlack(LoopbackServer):
         self.uploads: dict[str, bytes] = {}
         self.delay: float = 0.0
         self._messages: list[Message] = []
+        self.ephemerals: list[Ephemeral] = []
+        self.home_views: dict[str, dict[str, Any]] = {}  # user id -> last published home view
+        self._users: dict[str, dict[str, Any]] = {}  # user id -> flags users.info reports
         self._files: dict[str, dict[str, Any]] = {}
         self._private: dict[str, tuple[bytes, str]] = {}
         self._unreadable: set[str] = set()
@@ -121,6 +133,8 @@ class FakeSlack(LoopbackServer):
             "auth.test": (self._auth_test, ()),
             "chat.postMessage": (self._chat_post_message, ("channel",)),
             "chat.update": (self._chat_update, ("channel", "ts")),
+            "chat.postEphemeral": (self._chat_post_ephemeral, ("channel", "user")),
+            "views.publish": (self._views_publish, ("user_id", "view")),
             "chat.startStream": (self._chat_start_stream, ("channel", "thread_ts")),
             "chat.appendStream": (self._chat_append_stream, ("channel", "ts")),
             "chat.stopStream": (self._chat_stop_stream, ("channel", "ts")),
@@ -204,6 +218,17 @@ class FakeSlack(LoopbackServer):
                     f"condition not met within {timeout}s; last calls:\n{recent or '  (none)'}"
                 )
             await asyncio.sleep(0.01)
+
+    def set_user(self, user_id: str, **flags: Any) -> None:
+        """What users.info says of ``user_id`` from now on, e.g. ``is_admin=True`` or
+        ``is_restricted=True`` (merged over the defaults: an ordinary member)."""
+        self._users.setdefault(user_id, {}).update(flags)
+
+    def ephemerals_for(self, user: str, channel: str | None = None) -> list[str]:
+        """Texts of the ephemeral messages ``user`` was shown (in ``channel`` if given), in order."""
+        return [
+            e.text for e in self.ephemerals if e.user == user and (channel is None or e.channel == channel)
+        ]
 
     def add_private_file(
         self, file_id: str, content: bytes, name: str, mimetype: str, *, readable: bool = True
@@ -456,8 +481,25 @@ class FakeSlack(LoopbackServer):
                 "is_owner": False,
                 "is_bot": user_id == self.bot_user_id,
                 "is_restricted": False,
+                "is_ultra_restricted": False,
+                **self._users.get(user_id, {}),
             }
         }
+
+    def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not any(args.get(k) for k in ("text", "markdown_text", "blocks", "attachments")):
+            raise _MethodError("no_text")
+        self.ephemerals.append(Ephemeral(str(args["channel"]), str(args["user"]), _checked_text(args)))
+        return {"message_ts": self._next_ts()}
+
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = _decode(args["view"])
+        if not isinstance(view, dict) or view.get("type") != "home" or not isinstance(view.get("blocks"), list):
+            raise _MethodError("invalid_arguments")
+        if len(view["blocks"]) > 100:
+            raise _MethodError("invalid_blocks")
+        self.home_views[str(args["user_id"])] = view
+        return {"view": {"id": f"V{self._next_ts()}", **view}}
 
     def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
         channel_id = str(args["channel"])

@@ -237,3 +237,33 @@ async def test_delay(fake: FakeSlack, client: AsyncWebClient) -> None:
     started = time.monotonic()
     await client.auth_test()
     assert time.monotonic() - started >= 0.1
+
+
+async def test_user_flags(fake: FakeSlack, client: AsyncWebClient) -> None:
+    fake.set_user("UADMIN", is_admin=True)
+    fake.set_user("UGUEST", is_restricted=True)
+    assert (await client.users_info(user="UADMIN"))["user"]["is_admin"] is True
+    guest = (await client.users_info(user="UGUEST"))["user"]
+    assert guest["is_restricted"] is True and guest["is_admin"] is False
+    plain = (await client.users_info(user="U1"))["user"]
+    assert not plain["is_admin"] and not plain["is_restricted"] and not plain["is_ultra_restricted"]
+
+
+async def test_post_ephemeral(fake: FakeSlack, client: AsyncWebClient) -> None:
+    response = await client.chat_postEphemeral(channel="C1", user="U1", markdown_text="only *you*")
+    assert response["message_ts"]
+    assert fake.ephemerals_for("U1") == ["only *you*"] and fake.ephemerals_for("U1", "C2") == []
+    assert fake.messages("C1") == []  # not a message in the channel
+    with pytest.raises(SlackApiError) as info:
+        await client.chat_postEphemeral(channel="C1", user="")
+    assert info.value.response["error"] == "invalid_arguments"
+
+
+async def test_views_publish(fake: FakeSlack, client: AsyncWebClient) -> None:
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]
+    response = await client.views_publish(user_id="U1", view={"type": "home", "blocks": blocks})
+    assert response["view"]["type"] == "home"
+    assert fake.home_views["U1"]["blocks"] == blocks
+    with pytest.raises(SlackApiError) as info:
+        await client.views_publish(user_id="U1", view={"type": "modal", "blocks": blocks})
+    assert info.value.response["error"] == "invalid_arguments"

@@ -1,0 +1,84 @@
+"""The bot's App Home tab: which assistant answers in your DM with the bot, and for admins the
+defaults from the profiles file and the assistants there are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bots.slack.text import neutralise
+from core import wording
+from core.admin import ChannelAdmin
+from core.channels import channel_of
+from core.conversation import ConversationKey
+
+_TEXT_LIMIT = 3000  # a section's text
+
+
+async def home_view(
+    admin: ChannelAdmin, *, team: str, user: str, dm_channel: str | None, roles: frozenset[str]
+) -> dict[str, Any]:
+    """A Block Kit ``home`` view for ``user``. Per-channel settings other than the user's DM are
+    not listed: the channel book has no way to list the channels it has settings for."""
+    profiles, policy = admin.profiles, admin.profiles.policy
+    blocks: list[dict[str, Any]] = [_header("Your assistant")]
+    if dm_channel:
+        key = ConversationKey("slack", team, dm_channel, "")
+        settings = await admin.book.settings(channel_of(key))
+        profile = profiles.get(settings.profile or "") or profiles.default
+        if settings.answers is False or (not policy.dms and settings.answers is not True):
+            blocks.append(_section(wording.DMS_OFF))
+        else:
+            line = f"In your messages with me, *{profile.name}* answers"
+            blocks.append(
+                _section(line + (f": {neutralise(profile.description)}" if profile.description else "."))
+            )
+    blocks.append(
+        _section(
+            "Mention me in a channel to ask there. Type `/assistant show` in a channel to see which "
+            "assistant answers there, and `/assistant help` for everything else."
+        )
+    )
+    if policy.is_admin("slack", user, roles):
+        blocks += [_header("For admins: defaults"), _section(_defaults(admin))]
+        blocks += [_header("Assistants"), _section(_assistants(admin))]
+        blocks.append(
+            _section(
+                "Change a channel with `/assistant use <assistant>`, `limit <tokens per day>`, "
+                "`limit off`, `allow`, `deny`; `/assistant usage` shows what it has spent."
+            )
+        )
+    return {"type": "home", "blocks": blocks}
+
+
+def _defaults(admin: ChannelAdmin) -> str:
+    policy = admin.profiles.policy
+    limit = policy.channel_daily_tokens
+    user_limit = policy.user_daily_tokens
+    channels = ", ".join(f"<#{c}>" for c in sorted(policy.channels)) or "every channel I'm in"
+    lines = [
+        f"• Assistant: *{admin.profiles.default_name}*",
+        f"• Channels: {channels}",
+        f"• Direct messages: {'yes' if policy.dms else 'no'}",
+        f"• Guests: {'yes' if policy.guests else 'no'}",
+        f"• Tokens per channel per day: {f'{limit:,}' if limit else 'no limit'}",
+        f"• Tokens per user per day: {f'{user_limit:,}' if user_limit else 'no limit'}",
+    ]
+    return "\n".join(lines)
+
+
+def _assistants(admin: ChannelAdmin) -> str:
+    lines = []
+    for profile in admin.profiles.profiles.values():
+        model = profile.model or (profile.assistants.assistant_id if profile.assistants else "")
+        line = f"• *{profile.name}*" + (f" ({model})" if model else "")
+        lines.append(line + (f": {neutralise(profile.description)}" if profile.description else ""))
+    return "\n".join(lines)
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": text[:150]}}
+
+
+def _section(text: str) -> dict[str, Any]:
+    """Our own mrkdwn; text from elsewhere is neutralised before it gets here."""
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:_TEXT_LIMIT]}}
