@@ -494,7 +494,11 @@ class FakeSlack(LoopbackServer):
 
     def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         view = _decode(args["view"])
-        if not isinstance(view, dict) or view.get("type") != "home" or not isinstance(view.get("blocks"), list):
+        if (
+            not isinstance(view, dict)
+            or view.get("type") != "home"
+            or not isinstance(view.get("blocks"), list)
+        ):
             raise _MethodError("invalid_arguments")
         if len(view["blocks"]) > 100:
             raise _MethodError("invalid_blocks")
