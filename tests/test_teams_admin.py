@@ -196,3 +196,41 @@ async def test_personal_chats_can_be_switched_off_in_the_file(
         await silent(bot, T.personal("hi again", service_url=url))  # one explanation per chat
         assert await say(bot, T.channel("in a channel", service_url=url)) == "You said: in a channel"
         assert len(fake_openai.requests) == 1
+
+
+async def test_teams_guests_are_refused_once_per_thread(teams: RunningTeams) -> None:
+    guest = "29:guest-1"
+    teams.connector.set_member_role(guest, "guest")
+    root = post(teams, "can I ask?", user_id=guest, aad_object_id="aad-guest-1")
+    assert await say(teams, root) == "I don't answer guest accounts. Please ask an admin for access."
+    await silent(
+        teams, post(teams, "please?", user_id=guest, aad_object_id="aad-guest-1", root_id=root["id"])
+    )
+    assert teams.openai.requests == []
+    assert await say(teams, post(teams, "a member's question")) == "You said: a member's question"
+
+    # asked once per user, as a member of the channel's team, and remembered
+    lookups = [(m.conversation_id, m.user_id) for m in teams.connector.member_lookups]
+    assert lookups == [("19:team-1@thread.tacv2", guest), ("19:team-1@thread.tacv2", T.USER_ID)]
+
+
+async def test_a_failed_member_lookup_answers_and_asks_again_later(teams: RunningTeams) -> None:
+    teams.connector.fail_members(503)
+    chat = T.personal("hello", service_url=teams.connector.service_url)
+    assert await say(teams, chat) == "You said: hello"
+    assert await say(teams, T.personal("again", service_url=teams.connector.service_url)) == "You said: again"
+    assert [(m.conversation_id, m.status) for m in teams.connector.member_lookups] == [
+        ("a:personal-1", 503),
+        ("a:personal-1", 200),
+    ]
+
+
+async def test_guests_allowed_in_the_file_are_not_looked_up(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack, connector: FakeConnector
+) -> None:
+    profiles = parse_profiles({**ADMIN_PROFILES, "access": {"guests": True}}, source="test")
+    connector.set_member_role("29:guest-1", "guest")
+    async for bot in start(tmp_path, profiles, fake_openai, fake_slack, connector):
+        activity = T.group_chat("hi", service_url=connector.service_url, user_id="29:guest-1")
+        assert await say(bot, activity) == "You said: hi"
+        assert connector.member_lookups == []

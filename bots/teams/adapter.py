@@ -17,9 +17,11 @@ import asyncio
 import html
 import logging
 import re
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -56,6 +58,10 @@ _MESSAGE_ID = re.compile(r";messageid=(\d+)$")
 # Where a conversation is, in the core's words (access rules and DMs on/off depend on it).
 _PLACES = {"personal": "dm", "groupChat": "group", "channel": "channel"}
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=15, sock_read=60)
+# Guest lookups: how long a user's role is remembered, and how long one lookup may take.
+ROLE_TTL = 600.0
+_ROLE_TIMEOUT = aiohttp.ClientTimeout(total=5)
+_ROLES_KEPT = 10_000
 
 
 def auth_configuration(settings: Settings) -> AgentAuthConfiguration:
@@ -111,6 +117,7 @@ class TeamsAdapter:
         # The bot's Bot Framework token for a service URL (pasted images need it); replaceable in tests.
         self.bot_token: Callable[[str], Awaitable[str | None]] = self._bot_token
         self.http: aiohttp.ClientSession | None = None
+        self._roles: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -190,8 +197,56 @@ class TeamsAdapter:
             delivery_ids=(f"teams:{activity.conversation.id}:{activity.id}",),
             files=files,
             place=_PLACES.get(conversation_type, "group"),
+            user_roles=await self._user_roles(activity),
         )
         await self._bridge.accept(message, reply)
+
+    async def _user_roles(self, activity: Activity) -> frozenset[str]:
+        """``{"guest"}`` for a Teams guest or anonymous user. Teams does not say so in the message,
+        so the Bot Connector is asked (``GET v3/conversations/{id}/members/{user}``, ``userRole``),
+        once per user per :data:`ROLE_TTL`, and only when the profiles file refuses guests. If the
+        lookup fails the user is taken for a member (logged) and asked about again next time."""
+        user = activity.from_property
+        if self._bridge.profiles.policy.guests or user is None or not user.id:
+            return frozenset()
+        tenant = _key(activity).workspace
+        now = time.monotonic()
+        cached = self._roles.get((tenant, user.id))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        role = await self._user_role(activity, user.id)
+        if role is None:
+            return frozenset()
+        roles = frozenset({"guest"}) if role.lower() in ("guest", "anonymous") else frozenset()
+        if len(self._roles) >= _ROLES_KEPT:
+            self._roles = {k: v for k, v in self._roles.items() if v[0] > now}
+        self._roles[(tenant, user.id)] = (now + ROLE_TTL, roles)
+        return roles
+
+    async def _user_role(self, activity: Activity, user_id: str) -> str | None:
+        """The member's ``userRole`` from the Bot Connector; in a channel, as a member of its team."""
+        channel_data = _dict(activity.channel_data)
+        team = _dict(channel_data.get("team")).get("id")
+        conversation = str(team or _MESSAGE_ID.sub("", activity.conversation.id))
+        service_url = (activity.service_url or "").rstrip("/")
+        url = (
+            f"{service_url}/v3/conversations/{quote(conversation, safe='')}/members/{quote(user_id, safe='')}"
+        )
+        try:
+            token = None if self.anonymous else await self.bot_token(activity.service_url or "")
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with self._http().get(url, headers=headers, timeout=_ROLE_TIMEOUT) as response:
+                if response.status != 200:
+                    log.warning(
+                        "teams: member lookup refused status=%s; taking the user for a member",
+                        response.status,
+                    )
+                    return None
+                member = _dict(await response.json(content_type=None))
+        except Exception as exc:  # unreachable, bad JSON, no token: answer rather than fail
+            log.warning("teams: member lookup failed (%s); taking the user for a member", type(exc).__name__)
+            return None
+        return str(member.get("userRole") or "user")
 
     async def _on_file_consent(self, activity: Activity) -> None:
         """The user answered a consent card: upload the file and show it, or let it go."""

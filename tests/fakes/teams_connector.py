@@ -18,6 +18,11 @@ attachment service), :meth:`FakeConnector.redirect_url` answers 302 to another U
 with ``Content-Range`` (recorded in :attr:`FakeConnector.uploads`). Files may be served under any
 host name (``host=``): a session built with :func:`loopback_session` resolves every name to
 127.0.0.1, so a test can stand in for ``smba.trafficmanager.net`` and for a foreign host.
+
+``GET v3/conversations/{id}/members/{userId}`` answers a ``TeamsChannelAccount`` whose
+``userRole`` is ``"user"`` unless :meth:`FakeConnector.set_member_role` says otherwise (``"guest"``);
+each lookup is recorded in :attr:`FakeConnector.member_lookups`, and
+:meth:`FakeConnector.fail_members` makes the next lookups fail.
 """
 
 from __future__ import annotations
@@ -114,6 +119,16 @@ class Download:
 
 
 @dataclass
+class MemberLookup:
+    """One GET of a conversation member, as the fake received it."""
+
+    conversation_id: str
+    user_id: str
+    authorization: str | None
+    status: int
+
+
+@dataclass
 class _File:
     data: bytes
     content_type: str
@@ -148,6 +163,9 @@ class FakeConnector(LoopbackServer):
         self.downloads: list[Download] = []
         self._files: dict[str, _File] = {}
         self._redirects: dict[str, str] = {}
+        self.member_lookups: list[MemberLookup] = []
+        self._member_roles: dict[str, str] = {}
+        self._member_failures: list[int] = []
 
     async def start(self) -> None:
         """Start listening on 127.0.0.1 on a free port."""
@@ -155,6 +173,7 @@ class FakeConnector(LoopbackServer):
         app.router.add_post("/v3/conversations/{cid}/activities", self._on_activity)
         app.router.add_post("/v3/conversations/{cid}/activities/{aid}", self._on_activity)
         app.router.add_put("/v3/conversations/{cid}/activities/{aid}", self._on_activity)
+        app.router.add_get("/v3/conversations/{cid}/members/{uid}", self._on_member)
         app.router.add_get("/files/{fid}/{name}", self._on_file)
         app.router.add_get("/redirect/{rid}", self._on_redirect)
         app.router.add_put("/upload/{uid}", self._on_upload)
@@ -268,6 +287,31 @@ class FakeConnector(LoopbackServer):
                     f"condition not met within {timeout}s; last requests:\n{recent or '  (none)'}"
                 )
             await asyncio.sleep(0.01)
+
+    # --------------------------------------------------------------- members
+
+    def set_member_role(self, user_id: str, role: str) -> None:
+        """``userRole`` for this user (by ``29:`` id or Entra object id): user, guest or anonymous."""
+        self._member_roles[user_id] = role
+
+    def fail_members(self, status: int = 500, times: int = 1) -> None:
+        self._member_failures.extend([status] * times)
+
+    async def _on_member(self, request: web.Request) -> web.Response:
+        cid, uid = request.match_info["cid"], request.match_info["uid"]
+        status = self._member_failures.pop(0) if self._member_failures else 200
+        self.member_lookups.append(MemberLookup(cid, uid, request.headers.get("Authorization"), status))
+        if status != 200:
+            return web.json_response({"error": {"code": "Failed", "message": "member lookup"}}, status=status)
+        return web.json_response(
+            {
+                "id": uid,
+                "name": "Test User",
+                "aadObjectId": uid if not uid.startswith("29:") else f"aad-{uid[3:]}",
+                "userRole": self._member_roles.get(uid, "user"),
+                "tenantId": "tenant-1",
+            }
+        )
 
     # --------------------------------------------------------------- file hosts
 
