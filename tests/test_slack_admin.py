@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack.users import UserRoles
 from core.channels import AuditEntry
 from core.profiles import parse_profiles
 from core.settings import Settings
@@ -69,11 +71,16 @@ async def bridge(start: StartBridge) -> RunningBridge:
 _triggers = itertools.count(1)
 
 
-async def slash(
-    bridge: RunningBridge, text: str, *, user: str = ADMIN, channel: str = "C1", channel_name: str = "general"
-) -> str:
-    """Send ``/assistant <text>`` as Slack does (signed form body); return the ephemeral answer."""
-    before = len(bridge.slack.ephemerals_for(user))
+async def send_slash(
+    bridge: RunningBridge,
+    text: str,
+    *,
+    user: str = ADMIN,
+    channel: str = "C1",
+    channel_name: str = "general",
+    response_url: str = "https://hooks.slack.invalid/commands/T1/1/abc",
+) -> None:
+    """Send ``/assistant <text>`` as Slack does: a signed form body to the events URL."""
     form = {
         "token": "verification-token",
         "team_id": slack_events.TEAM,
@@ -86,7 +93,7 @@ async def slash(
         "text": text,
         "api_app_id": "A1",
         "is_enterprise_install": "false",
-        "response_url": "https://hooks.slack.invalid/commands/T1/1/abc",
+        "response_url": response_url,
         "trigger_id": f"trigger-{next(_triggers)}",
     }
     body = urllib.parse.urlencode(form).encode()
@@ -95,6 +102,14 @@ async def slash(
     async with bridge.http.post(f"{bridge.url}/slack/events", data=body, headers=headers) as response:
         assert response.status == 200
         await response.read()
+
+
+async def slash(
+    bridge: RunningBridge, text: str, *, user: str = ADMIN, channel: str = "C1", channel_name: str = "general"
+) -> str:
+    """``/assistant <text>``; return the ephemeral answer."""
+    before = len(bridge.slack.ephemerals_for(user))
+    await send_slash(bridge, text, user=user, channel=channel, channel_name=channel_name)
     await bridge.slack.wait_for(lambda: len(bridge.slack.ephemerals_for(user)) > before)
     return bridge.slack.ephemerals_for(user)[-1]
 
@@ -174,6 +189,15 @@ async def test_malformed_slash_command_gets_help_and_changes_nothing(bridge: Run
     assert "did not understand" in answer and "`show`" in answer
     assert await audit(bridge) == []
     assert "`show`" in await slash(bridge, "")  # /assistant alone: the help text
+
+
+async def test_ephemeral_refused_goes_to_the_response_url(bridge: RunningBridge) -> None:
+    # e.g. a channel the bot is not a member of: Slack refuses chat.postEphemeral there
+    bridge.slack.fail("chat.postEphemeral", "channel_not_found")
+    await send_slash(bridge, "show", user="U1", channel="C9", response_url=bridge.slack.response_url())
+    await bridge.slack.wait_for(lambda: bool(bridge.slack.command_responses))
+    [response] = bridge.slack.command_responses
+    assert response["response_type"] == "ephemeral" and "general" in response["text"]
 
 
 async def test_thread_commands_through_the_slash_command_point_to_the_thread(bridge: RunningBridge) -> None:
@@ -257,3 +281,23 @@ async def test_home_tab_shows_the_dm_assistant_and_admins_get_more(bridge: Runni
     await bridge.post_event({"type": "app_home_opened", "user": "U9", "channel": "D9", "tab": "messages"})
     await asyncio.sleep(0.2)
     assert "U9" not in bridge.slack.home_views
+
+
+async def test_user_roles_cache_expires_and_stays_bounded(fake_slack: FakeSlack) -> None:
+    now = [0.0]
+    client = AsyncWebClient(token="xoxb-test", base_url=fake_slack.base_url)
+    roles = UserRoles(client, ttl=60, size=2, clock=lambda: now[0])
+    fake_slack.set_user("UA", is_primary_owner=True, is_owner=True)
+    assert await roles.roles("UA") == {"workspace_admin"}
+    fake_slack.set_user("UA", is_owner=False, is_primary_owner=False, is_restricted=True)
+    assert await roles.roles("UA") == {"workspace_admin"}  # cached
+    now[0] = 61
+    assert await roles.roles("UA") == {"guest"}  # expired: asked again
+    await roles.roles("UB")
+    await roles.roles("UC")  # UA is the oldest and goes
+    calls = len(fake_slack.calls_to("users.info"))
+    await roles.roles("UC")
+    assert len(fake_slack.calls_to("users.info")) == calls
+    await roles.roles("UA")
+    assert len(fake_slack.calls_to("users.info")) == calls + 1
+    assert await roles.roles("") == frozenset()

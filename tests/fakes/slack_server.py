@@ -111,6 +111,7 @@ class FakeSlack(LoopbackServer):
         self._messages: list[Message] = []
         self.ephemerals: list[Ephemeral] = []
         self.home_views: dict[str, dict[str, Any]] = {}  # user id -> last published home view
+        self.command_responses: list[dict[str, Any]] = []  # JSON posted to response_url()
         self._users: dict[str, dict[str, Any]] = {}  # user id -> flags users.info reports
         self._files: dict[str, dict[str, Any]] = {}
         self._private: dict[str, tuple[bytes, str]] = {}
@@ -165,6 +166,7 @@ class FakeSlack(LoopbackServer):
         app.router.add_get("/files-pri/{key}/download/{name}", self._on_private_file)
         app.router.add_get("/files-pri/{key}/{name}", self._on_private_file)
         app.router.add_get("/link/", self._on_socket)
+        app.router.add_post("/commands/{id}", self._on_command_response)
         await self._serve(app, shutdown_timeout=1.0)
 
     async def close(self) -> None:
@@ -223,6 +225,10 @@ class FakeSlack(LoopbackServer):
         """What users.info says of ``user_id`` from now on, e.g. ``is_admin=True`` or
         ``is_restricted=True`` (merged over the defaults: an ordinary member)."""
         self._users.setdefault(user_id, {}).update(flags)
+
+    def response_url(self, command_id: str = "1") -> str:
+        """A slash command's ``response_url`` served here (Slack's is on hooks.slack.com)."""
+        return f"{self.root_url}/commands/{command_id}"
 
     def ephemerals_for(self, user: str, channel: str | None = None) -> list[str]:
         """Texts of the ephemeral messages ``user`` was shown (in ``channel`` if given), in order."""
@@ -369,6 +375,17 @@ class FakeSlack(LoopbackServer):
             return web.json_response({"ok": True, **handler(args)})
         except _MethodError as e:
             return _error(e.error)
+
+    async def _on_command_response(self, request: web.Request) -> web.Response:
+        """A POST to a slash command's ``response_url``: record its JSON, answer ``ok``."""
+        try:
+            payload = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="invalid_payload")
+        if not isinstance(payload, dict) or not (payload.get("text") or payload.get("blocks")):
+            return web.Response(status=400, text="no_text")
+        self.command_responses.append(payload)
+        return web.Response(text="ok")
 
     async def _on_upload(self, request: web.Request) -> web.Response:
         """Serve the external upload URL: store the raw body under its file id."""

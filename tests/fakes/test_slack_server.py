@@ -267,3 +267,12 @@ async def test_views_publish(fake: FakeSlack, client: AsyncWebClient) -> None:
     with pytest.raises(SlackApiError) as info:
         await client.views_publish(user_id="U1", view={"type": "modal", "blocks": blocks})
     assert info.value.response["error"] == "invalid_arguments"
+
+
+async def test_command_response_url(fake: FakeSlack) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(fake.response_url(), json={"response_type": "ephemeral", "text": "hi"}) as r:
+            assert r.status == 200 and await r.text() == "ok"
+        async with http.post(fake.response_url(), json={"response_type": "ephemeral"}) as r:
+            assert r.status == 400
+    assert fake.command_responses == [{"response_type": "ephemeral", "text": "hi"}]
