@@ -234,3 +234,13 @@ async def test_guests_allowed_in_the_file_are_not_looked_up(
         activity = T.group_chat("hi", service_url=connector.service_url, user_id="29:guest-1")
         assert await say(bot, activity) == "You said: hi"
         assert connector.member_lookups == []
+
+
+async def test_reset_starts_a_new_conversation_in_a_personal_chat(teams: RunningTeams) -> None:
+    url = teams.connector.service_url
+    await say(teams, T.personal("remember 7", service_url=url))
+    await say(teams, T.personal("which number?", service_url=url))
+    assert (await say(teams, T.personal("reset", service_url=url))).startswith("Done")
+    await say(teams, T.personal("which number now?", service_url=url))
+    first, second, third = (r["conversation"] for r in teams.openai.requests)
+    assert first == second != third
