@@ -60,6 +60,8 @@ class ChannelBook(Protocol):
 
     async def set_settings(self, channel: str, settings: ChannelSettings) -> None: ...
 
+    async def all_settings(self) -> dict[str, ChannelSettings]: ...
+
     async def add_usage(self, channel: str, user: str, tokens: int, now: float | None = None) -> None: ...
 
     async def channel_usage(self, channel: str, period: str) -> Usage: ...
@@ -96,6 +98,10 @@ class SqliteChannelBook:
     async def set_settings(self, channel: str, settings: ChannelSettings) -> None:
         await asyncio.to_thread(self._settings.__setitem__, channel, asdict(settings))
         self._cache[channel] = settings
+
+    async def all_settings(self) -> dict[str, ChannelSettings]:
+        rows = await asyncio.to_thread(lambda: list(self._settings.items()))
+        return {channel: ChannelSettings(**raw) for channel, raw in sorted(rows)}
 
     async def add_usage(self, channel: str, user: str, tokens: int, now: float | None = None) -> None:
         day = utc_day(now)

@@ -277,6 +277,7 @@ async def test_home_tab_shows_the_dm_assistant_and_admins_get_more(bridge: Runni
     assert "*analyst* answers" in text
     assert "For admins" in text and "*analyst* (gpt-analyst)" in text and "*general* (gpt-test)" in text
     assert "Tokens per channel per day: no limit" in text
+    assert "• <#DADMIN>: *analyst*, default limit, answers as the defaults say" in text  # the table
     # the messages tab (not home) publishes nothing
     await bridge.post_event({"type": "app_home_opened", "user": "U9", "channel": "D9", "tab": "messages"})
     await asyncio.sleep(0.2)

@@ -41,6 +41,7 @@ async def home_view(
     if policy.is_admin("slack", user, roles):
         blocks += [_header("For admins: defaults"), _section(_defaults(admin))]
         blocks += [_header("Assistants"), _section(_assistants(admin))]
+        blocks += [_header("Channels set by admins"), _section(await _channels(admin, team))]
         blocks.append(
             _section(
                 "Change a channel with `/assistant use <assistant>`, `limit <tokens per day>`, "
@@ -73,6 +74,25 @@ def _assistants(admin: ChannelAdmin) -> str:
         line = f"• *{profile.name}*" + (f" ({model})" if model else "")
         lines.append(line + (f": {neutralise(profile.description)}" if profile.description else ""))
     return "\n".join(lines)
+
+
+async def _channels(admin: ChannelAdmin, team: str) -> str:
+    """One line per channel of this workspace whose settings an admin has changed."""
+    lines = []
+    for where, settings in (await admin.book.all_settings()).items():
+        platform, workspace, channel = where.split(":", 2)
+        if platform != "slack" or workspace != team:
+            continue
+        answers = {None: "answers as the defaults say", True: "allowed", False: "denied"}[settings.answers]
+        limit = (
+            "default limit"
+            if settings.daily_tokens is None
+            else (f"{settings.daily_tokens:,} tokens a day" if settings.daily_tokens else "no limit")
+        )
+        lines.append(
+            f"• <#{channel}>: *{settings.profile or admin.profiles.default_name}*, {limit}, {answers}"
+        )
+    return "\n".join(lines) or "No channel has settings of its own yet."
 
 
 def _header(text: str) -> dict[str, Any]:
