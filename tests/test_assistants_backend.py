@@ -122,6 +122,18 @@ async def test_rate_limit_retries_are_bounded_then_the_user_is_told(
     assert len(fake.run_requests) == 3
 
 
+async def test_a_rate_limit_after_text_is_not_retried_so_nothing_is_said_twice(
+    fake: A.FakeAssistants, backend: AssistantsBackend
+) -> None:
+    prof = profile(fake)
+    fake.enqueue(A.Fail("rate_limit_exceeded", "slow", text="The first half"))
+    thread = await backend.open_conversation(prof)
+    events = await turn(backend, thread, prof)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "The first half"
+    assert failures(events) == [FailureKind.RATE_LIMITED]
+    assert len(fake.run_requests) == 1
+
+
 async def test_endless_tool_calls_are_cut_off(fake: A.FakeAssistants, backend: AssistantsBackend) -> None:
     prof = profile(fake, tools=[{"type": "function", "function": "tests.tools:get_weather"}])
     fake.enqueue(*[A.CallFunctions([("get_weather", {"city": "X"})]) for _ in range(4)])

@@ -164,6 +164,7 @@ class AssistantsBackend:
         for attempt in range(self._rate_limit_retries + 1):
             run_id: str | None = None
             outcome: Failure | None = None
+            shown = False  # a retry after visible output would show it twice
             try:
                 async with aclosing(self._run(client, conversation_id, profile, state)) as events:
                     async for event in events:
@@ -173,6 +174,7 @@ class AssistantsBackend:
                         if isinstance(event, Failure):
                             outcome = event
                             break
+                        shown = shown or isinstance(event, TextDelta | ImageOut | FileOut)
                         yield event
             except asyncio.CancelledError:
                 if run_id:
@@ -182,7 +184,8 @@ class AssistantsBackend:
                 outcome = failure_from_exception(exc)
             if outcome is None:
                 return
-            if outcome.kind is FailureKind.RATE_LIMITED and attempt < self._rate_limit_retries:
+            retry = not shown and attempt < self._rate_limit_retries
+            if outcome.kind is FailureKind.RATE_LIMITED and retry:
                 delay = outcome.retry_after or self._rate_limit_backoff * (2**attempt)
                 log.info("assistants run rate limited; retry in %.1fs attempt=%d", delay, attempt + 1)
                 await asyncio.sleep(delay)

@@ -64,10 +64,11 @@ class CallFunctions:
 
 @dataclass
 class Fail:
-    """The run ends `failed` with `last_error{code, message}`."""
+    """The run ends `failed` with `last_error{code, message}` (after an optional partial message)."""
 
     code: str = "server_error"
     message: str = "Sorry, something went wrong."
+    text: str = ""
 
 
 @dataclass
@@ -692,6 +693,8 @@ class FakeAssistants(LoopbackServer):
         elif isinstance(plan, CallFunctions):
             await self._function_calls(run, plan)
         elif isinstance(plan, Fail):
+            if plan.text:
+                await self._message(run, plan.text, 2, [], [], "incomplete")
             await self._finish(run, "failed", None, last_error={"code": plan.code, "message": plan.message})
         elif isinstance(plan, Incomplete):
             if plan.text:
