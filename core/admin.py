@@ -80,7 +80,6 @@ class ChannelAdmin:
             log.info("admin command refused command=%s user=%s", request.command.value, message.user_id)
             return wording.NOT_ADMIN
         channel = channel_of(message.key)
-        settings = await self.book.settings(channel)
         if request.command is Command.SHOW:
             profile = await self.profile_for(message)
             used = (await self.book.channel_usage(channel, utc_day(self._clock()))).tokens
@@ -100,28 +99,21 @@ class ChannelAdmin:
                 await self.book.channel_usage(channel, day[:7]),
             )
             return wording.usage(today.tokens, today.turns, month.tokens, month.turns)
+        settings = await self.book.settings(channel)
         if request.command is Command.USE:
             if self.profiles.get(request.argument) is None:
                 return wording.unknown_profile(request.argument, list(self.profiles.profiles))
-            await self._change(
-                message,
-                "use",
-                settings,
-                replace(settings, profile=request.argument),
-            )
+            await self._change(message, "use", settings, replace(settings, profile=request.argument))
             return wording.switched(request.argument)
         if request.command is Command.LIMIT:
             tokens = 0 if request.argument == "off" else int(request.argument)
             await self._change(message, "limit", settings, replace(settings, daily_tokens=tokens))
             return wording.LIMIT_OFF if tokens == 0 else wording.limit_set(tokens)
-        answers = request.command is Command.ALLOW
-        await self._change(
-            message,
-            request.command.value,
-            settings,
-            replace(settings, answers=answers),
-        )
-        return wording.ALLOWED_HERE if answers else wording.DENIED_NOW
+        if request.command in (Command.ALLOW, Command.DENY):
+            answers = request.command is Command.ALLOW
+            await self._change(message, request.command.value, settings, replace(settings, answers=answers))
+            return wording.ALLOWED_HERE if answers else wording.DENIED_NOW
+        raise ValueError(f"not a channel command: {request.command}")  # help, reset, stop: the bridge's
 
     async def _change(
         self, message: InboundMessage, what: str, before: ChannelSettings, after: ChannelSettings

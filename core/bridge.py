@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from core import wording
@@ -32,7 +32,7 @@ class Outcome(Enum):
 
     DUPLICATE = "duplicate"  # seen before: ignored, no answer
     ANSWERING = "answering"  # a turn runs or is queued for it
-    REFUSED = "refused"  # the user was told why (queue full, shutting down)
+    REFUSED = "refused"  # not answered: the user was told why (once per thread where it repeats)
     COMMAND = "command"  # a command for the bot itself (help, reset, stop) was carried out
 
 
@@ -84,19 +84,26 @@ class Bridge:
         self._turn_timeout = turn_timeout
         self._file_limits = file_limits or FileLimits()
         self._stop_requested: set[ConversationKey] = set()
+        self._running: set[ConversationKey] = set()  # threads whose turn is running now
 
     async def accept(self, message: InboundMessage, reply: Reply) -> Outcome:
         if not await self._deliveries.first_sighting(message.delivery_ids):
             log.info("duplicate delivery key=%s ids=%s", message.key, ",".join(message.delivery_ids))
             return Outcome.DUPLICATE
-        request = parse_command(message.text, explicit=message.explicit_command)
+        # Words sent with a file are a question about the file, never a command.
+        request = (
+            None
+            if message.files and not message.explicit_command
+            else parse_command(message.text, explicit=message.explicit_command)
+        )
         if request is not None:
             return await self._command(message, request, reply)
         refusal = await self.admin.refusal(message)
         if refusal is not None:
             log.info("not answering key=%s", message.key)
             # One explanation per thread: never silence, never a flood.
-            if await self._explained.first_sighting((f"explained:{message.key}",)):
+            # (per reason: after an admin's allow and deny, the thread hears the new reason)
+            if await self._explained.first_sighting((f"explained:{message.key}:{refusal}",)):
                 await self._tell(reply, refusal)
             return Outcome.REFUSED
         queued_at = time.monotonic()
@@ -147,7 +154,7 @@ class Bridge:
     def stop(self, key: ConversationKey) -> bool:
         """Stop the turn running in this thread (the user said stop). The backend cancels its run,
         the user sees "Stopped.", and the thread takes new messages at once. False if idle."""
-        if not self._runner.is_busy(key):
+        if key not in self._running:  # idle, or between turns (a reset is not stopped)
             return False
         self._stop_requested.add(key)
         if not self._runner.cancel_running(key):
@@ -161,14 +168,16 @@ class Bridge:
 
     async def _turn(self, message: InboundMessage, reply: Reply, queued_at: float) -> None:
         stats = _TurnStats(queued_at=queued_at, started_at=time.monotonic())
-        profile = await self.admin.profile_for(message)
-        spent = await self.admin.budget_refusal(message)
-        if spent is not None:
-            log.info("budget spent key=%s", message.key)
-            await self._tell(reply, spent)
-            return
-        await _emit(reply, Progress(wording.THINKING))
+        profile = self.profiles.default
+        self._running.add(message.key)  # from here on, "stop" ends this turn and nothing else
         try:
+            profile = await self.admin.profile_for(message)
+            spent = await self.admin.budget_refusal(message)
+            if spent is not None:
+                log.info("budget spent key=%s", message.key)
+                await _emit(reply, Notice(spent))
+                return
+            await _emit(reply, Progress(wording.THINKING))
             async with asyncio.timeout(self._turn_timeout):
                 async for event in self._events(message, profile):
                     stats.record(event)
@@ -190,8 +199,13 @@ class Bridge:
             stats.failure = _failure_for(exc, message.key, self._turn_timeout)
             await _emit(reply, stats.failure)
         finally:
-            if stats.input_tokens + stats.output_tokens:  # counted before the answer is done
-                await self.admin.record(message, stats.input_tokens + stats.output_tokens)
+            self._running.discard(message.key)
+            tokens = stats.input_tokens + stats.output_tokens
+            if tokens:  # counted before the answer is done
+                try:
+                    await self.admin.record(message, tokens)
+                except Exception:
+                    log.exception("usage not recorded key=%s tokens=%d", message.key, tokens)
             await _emit(reply, Done())
             _log_turn(message.key, profile, stats)
 
@@ -212,18 +226,27 @@ class Bridge:
         turn = TurnInput(
             text=text, user_id=message.user_id, files=tuple(parts), resources=dict(state.resources)
         )
+        finished = False
         try:
-            async for event in backend.run_turn(state.conversation_id, turn, profile):
-                yield event
-        except ConversationGone:
-            log.warning(
-                "conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id
-            )
-            state = await self._open(message.key, profile, backend)
-            turn = TurnInput(text=text, user_id=message.user_id, files=tuple(parts))
-            async for event in backend.run_turn(state.conversation_id, turn, profile):
-                yield event
-        await self._store.put(message.key, state.after_turn(resources=turn.resources))
+            try:
+                async for event in backend.run_turn(state.conversation_id, turn, profile):
+                    yield event
+            except ConversationGone:
+                log.warning(
+                    "conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id
+                )
+                state = await self._open(message.key, profile, backend)
+                turn = TurnInput(text=text, user_id=message.user_id, files=tuple(parts))
+                async for event in backend.run_turn(state.conversation_id, turn, profile):
+                    yield event
+            finished = True
+        finally:
+            if finished:
+                await self._store.put(message.key, state.after_turn(resources=turn.resources))
+            elif turn.resources != state.resources:
+                # Stopped, timed out or failed after the backend made something for the thread
+                # (e.g. its vector store): keep it, or the next turn would not find the file.
+                await self._store.put(message.key, replace(state, resources=dict(turn.resources)))
 
     async def _read_files(
         self, sources: tuple[FileSource, ...], profile: AssistantProfile

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,18 +87,26 @@ class SqliteChannelBook:
         self._usage = SqliteDict(str(path), tablename="usage", autocommit=False, outer_stack=False)
         self._audit = SqliteDict(str(path), tablename="audit", autocommit=True, outer_stack=False)
         self._lock = asyncio.Lock()  # usage is read-modify-write
-        # Settings are read on every turn and written only by admins through this object.
-        self._cache: dict[str, ChannelSettings] = {}
+        # Settings are read on every turn and written only by admins through this object: all of
+        # them are loaded once (only the channels an admin changed are stored), so a turn reads
+        # memory, and the cache holds no entry per channel merely seen.
+        self._cache: dict[str, ChannelSettings] | None = None
+        self._loading = asyncio.Lock()
+
+    async def _loaded(self) -> dict[str, ChannelSettings]:
+        async with self._loading:
+            if self._cache is None:
+                self._cache = await self.all_settings()
+            return self._cache
 
     async def settings(self, channel: str) -> ChannelSettings:
-        if channel not in self._cache:
-            raw: dict[str, Any] | None = await asyncio.to_thread(self._settings.get, channel)
-            self._cache[channel] = ChannelSettings(**raw) if raw else ChannelSettings()
-        return self._cache[channel]
+        cache = self._cache if self._cache is not None else await self._loaded()
+        return cache.get(channel) or ChannelSettings()
 
     async def set_settings(self, channel: str, settings: ChannelSettings) -> None:
+        cache = await self._loaded()
         await asyncio.to_thread(self._settings.__setitem__, channel, asdict(settings))
-        self._cache[channel] = settings
+        cache[channel] = settings
 
     async def all_settings(self) -> dict[str, ChannelSettings]:
         rows = await asyncio.to_thread(lambda: list(self._settings.items()))
@@ -122,7 +131,8 @@ class SqliteChannelBook:
         return Usage(*await asyncio.to_thread(self._usage.get, f"user:{user}|{period}", (0, 0)))
 
     async def audit(self, entry: AuditEntry) -> None:
-        await asyncio.to_thread(self._audit.__setitem__, f"{entry.at:020.6f}|{entry.where}", asdict(entry))
+        key = f"{entry.at:020.6f}|{entry.where}|{uuid.uuid4().hex[:8]}"  # same instant: both kept
+        await asyncio.to_thread(self._audit.__setitem__, key, asdict(entry))
 
     async def audit_entries(self) -> list[AuditEntry]:
         rows: list[tuple[str, dict[str, Any]]] = await asyncio.to_thread(lambda: list(self._audit.items()))

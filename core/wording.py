@@ -78,11 +78,18 @@ HELP = (
 HELLO = "Hi! Ask me anything in this thread and I will answer here."
 
 
-def files_not_read(names: list[str], answered_text: bool) -> str:
-    listed = ", ".join(names)
-    if answered_text:
-        return f"I cannot read attached files yet, so I answered your text only (not read: {listed})."
-    return f"I cannot read attached files yet (not read: {listed}). Please paste the text you want me to use."
+# Why a file the user sent did not reach the assistant (after "I could not use x: ").
+UPLOAD_FAILED = "the upload to the assistant failed"
+INDEX_FAILED = "it could not be prepared for search"
+INDEX_SLOW = "it is still being prepared for search; ask about it again in a minute"
+SHARED_STORE = (
+    "this assistant searches a document library shared with everyone who uses it, "
+    "and your file would be added to it"
+)
+
+
+def indexing_file(name: str) -> str:
+    return f"Indexing {name}…"
 
 
 def reading_file(name: str) -> str:

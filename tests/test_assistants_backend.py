@@ -10,12 +10,12 @@ import openai
 import pytest
 
 from core.backend import TurnInput
-from core.backends.assistants import SHARED_STORE, UPLOAD_FAILED, AssistantsBackend
+from core.backends.assistants import AssistantsBackend
 from core.errors import ConfigError
 from core.events import Event, Failure, FailureKind, Notice, Progress, TextDelta
 from core.files import FilePart, FileRoute
 from core.profiles import AssistantProfile, parse_profiles
-from core.wording import file_refused
+from core.wording import SHARED_STORE, UPLOAD_FAILED, file_refused
 from tests.fakes import assistants_server as A
 
 

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
 import pytest
 
+from core import wording
 from core.backends.responses import ResponsesBackend
 from core.bridge import Bridge, Outcome
-from core.channels import SqliteChannelBook
+from core.channels import AuditEntry, ChannelSettings, SqliteChannelBook, Usage
 from core.commands import Command, CommandRequest, parse_command
 from core.conversation import ConversationKey
 from core.deliveries import RecentDeliveries
-from core.events import Notice
+from core.events import FailureKind, Notice
 from core.messages import InboundMessage
 from core.profiles import parse_profiles
 from core.store import SqliteDictStore
 from core.turns import TurnRunner
+from tests.conftest import PROFILES
 from tests.fakes.openai_server import FakeOpenAI
 from tests.recording import RecordingReply
 
@@ -152,3 +155,84 @@ async def test_guests_and_direct_messages_follow_the_policy(tmp_path: Path) -> N
             assert fake.requests == []
         finally:
             await bridge.close()
+
+
+class SlowBook(SqliteChannelBook):
+    """A busy disk: reading a channel's usage takes a while."""
+
+    async def channel_usage(self, channel: str, period: str) -> Usage:
+        await asyncio.sleep(0.3)
+        return await super().channel_usage(channel, period)
+
+
+class BrokenBook(SqliteChannelBook):
+    async def add_usage(self, channel: str, user: str, tokens: int, now: float | None = None) -> None:
+        raise RuntimeError("database is locked")
+
+
+def bridge_with(fake: FakeOpenAI, book: SqliteChannelBook, **policy: object) -> Bridge:
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
+    return Bridge(
+        profiles=parse_profiles({**PROFILES, **policy}),
+        backends={"responses": ResponsesBackend(client)},
+        store=SqliteDictStore(":memory:"),
+        deliveries=RecentDeliveries(),
+        runner=TurnRunner(),
+        book=book,
+    )
+
+
+async def test_stop_before_the_backend_is_called_ends_that_turn_only(tmp_path: Path) -> None:
+    async with FakeOpenAI() as fake:
+        bridge = bridge_with(fake, SlowBook(tmp_path / "b.sqlite"), limits={"channel_daily_tokens": 1000})
+        try:
+            first, queued = RecordingReply(), RecordingReply()
+            await bridge.accept(InboundMessage(A, "U1", "one", ("s1",)), first)
+            await bridge.accept(InboundMessage(A, "U1", "two", ("s2",)), queued)
+            await asyncio.sleep(0.05)  # the first turn is checking the budget
+            assert bridge.stop(A)
+            await first.finished()
+            assert [f.kind for f in first.failures] == [FailureKind.STOPPED]
+            await queued.finished()
+            assert queued.text == "You said: two"
+            assert await say(bridge, A, "stop") == wording.NOTHING_TO_STOP
+        finally:
+            await bridge.close()
+
+
+async def test_a_failed_usage_write_still_ends_the_answer(tmp_path: Path) -> None:
+    async with FakeOpenAI() as fake:
+        bridge = bridge_with(fake, BrokenBook(tmp_path / "b.sqlite"))
+        try:
+            reply = RecordingReply()
+            await bridge.accept(InboundMessage(A, "U1", "hi", ("b1",)), reply)
+            await reply.finished()
+            assert reply.text == "You said: hi"
+        finally:
+            await bridge.close()
+
+
+async def test_settings_an_admin_sets_win_over_a_read_in_flight(tmp_path: Path) -> None:
+    book = SqliteChannelBook(tmp_path / "b.sqlite")
+    await book.set_settings("slack:T1:CX", ChannelSettings(profile="analyst"))
+    await book.close()
+    book = SqliteChannelBook(tmp_path / "b.sqlite")  # a new process: nothing loaded yet
+    try:
+        reading = asyncio.create_task(book.settings("slack:T1:CA"))
+        await book.set_settings("slack:T1:CA", ChannelSettings(answers=False))
+        assert (await reading).answers in (None, False)
+        assert (await book.settings("slack:T1:CA")).answers is False
+        assert (await book.settings("slack:T1:CX")).profile == "analyst"
+        assert (await book.settings("slack:T1:never-set")) == ChannelSettings()
+    finally:
+        await book.close()
+
+
+async def test_changes_in_the_same_instant_are_all_audited(tmp_path: Path) -> None:
+    book = SqliteChannelBook(tmp_path / "b.sqlite")
+    try:
+        await book.audit(AuditEntry(1.0, "U", "slack:T1:CA", "use", "a", "b"))
+        await book.audit(AuditEntry(1.0, "U", "slack:T1:CA", "limit", "b", "c"))
+        assert sorted(e.what for e in await book.audit_entries()) == ["limit", "use"]
+    finally:
+        await book.close()

@@ -3,6 +3,7 @@ in number, and a note for every file that cannot be used, with the text still an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +122,44 @@ async def test_files_without_text_get_a_prompt_and_unusable_ones_no_backend_call
     assert fake.requests == []
     reply = await send(bridge, "", MemoryFile("data.csv", b"a,b\n"))
     assert reply.text == "You said: Please look at the attached file."
+
+
+async def test_command_words_sent_with_a_file_are_a_question_about_it(
+    setup: tuple[Bridge, FakeOpenAI],
+) -> None:
+    bridge, fake = setup
+    reply = await send(bridge, "help", MemoryFile("data.csv", b"a,b\n"))
+    assert reply.text == "You said: help"
+    assert len(fake.files) == 1
+
+
+async def test_a_stopped_turn_keeps_the_vector_store_it_made(tmp_path: Path) -> None:
+    general = {
+        **PROFILES["assistants"]["general"],
+        "tools": [{"type": "file_search", "vector_store_ids": ["vs_team"]}],
+    }
+    async with FakeOpenAI(first_token_delay=2.0) as fake:
+        client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
+        bridge = Bridge(
+            profiles=parse_profiles({"default": "general", "assistants": {"general": general}}),
+            backends={"responses": ResponsesBackend(client)},
+            store=SqliteDictStore(tmp_path / "store.sqlite"),
+            deliveries=RecentDeliveries(),
+            runner=TurnRunner(),
+        )
+        try:
+            reading = RecordingReply()
+            message = InboundMessage(KEY, "U1", "read", ("m-a",), files=(MemoryFile("a.pdf", b"%PDF-1.4"),))
+            await bridge.accept(message, reading)
+            async with asyncio.timeout(5):
+                while not fake.requests:  # noqa: ASYNC110 (indexed; the answer is being written)
+                    await asyncio.sleep(0.01)
+            assert bridge.stop(KEY)
+            await reading.finished()
+            fake.first_token_delay = 0
+            await send(bridge, "what does page 3 say?")
+            [store_id] = fake.vector_stores
+            [search] = [t for t in fake.requests[-1]["tools"] if t["type"] == "file_search"]
+            assert search["vector_store_ids"] == ["vs_team", store_id]
+        finally:
+            await bridge.close()

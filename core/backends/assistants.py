@@ -50,7 +50,7 @@ from core.files import FilePart, FileRoute
 from core.profiles import AssistantProfile, AssistantsSettings
 from core.settings import secret_from_environment
 from core.tools import call_tool
-from core.wording import file_refused, tool_progress
+from core.wording import SHARED_STORE, UPLOAD_FAILED, file_refused, tool_progress
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ _ATTACH_TOOL: dict[FileRoute, AttachmentTool] = {
     FileRoute.FILE_SEARCH: {"type": "file_search"},
     FileRoute.FILE_INPUT: {"type": "file_search"},
 }
-UPLOAD_FAILED = "the assistant's server did not take the upload"
-SHARED_STORE = (
-    "this assistant searches a document library shared with everyone who uses it, "
-    "and your file would be added to it"
-)
 
 
 @dataclass

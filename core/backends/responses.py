@@ -48,20 +48,21 @@ from core.events import (
 from core.files import FilePart, FileRoute
 from core.profiles import AssistantProfile
 from core.tools import call_tool
-from core.wording import file_refused, tool_progress, uploading_file
+from core.wording import (
+    INDEX_FAILED,
+    INDEX_SLOW,
+    UPLOAD_FAILED,
+    file_refused,
+    indexing_file,
+    tool_progress,
+    uploading_file,
+)
 
 log = logging.getLogger(__name__)
 
 _LOCK_RETRIES = 5
 VECTOR_STORE = "vector_store_id"  # the conversation's vector store, in TurnInput.resources
-_UPLOAD_FAILED = "the upload to the assistant failed"
-_INDEX_FAILED = "it could not be prepared for search"
-_INDEX_SLOW = "it is still being prepared for search; ask about it again in a minute"
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
-
-
-def _indexing(name: str) -> str:
-    return f"Indexing {name}…"
 
 
 _TOOL_ITEMS = {
@@ -192,7 +193,7 @@ class ResponsesBackend:
         searchable: list[tuple[str, str]] = []
         for part, file_id in zip(turn.files, file_ids, strict=True):
             if file_id is None:
-                yield Notice(file_refused(part.name, _UPLOAD_FAILED))
+                yield Notice(file_refused(part.name, UPLOAD_FAILED))
             elif part.route is FileRoute.VISION:
                 content.append({"type": "input_image", "file_id": file_id, "detail": "auto"})
             elif part.route is FileRoute.FILE_INPUT:
@@ -222,7 +223,7 @@ class ResponsesBackend:
         """Add files to the conversation's vector store (made on first use) and wait until they
         can be searched: indexing has no stream, so the batch is polled."""
         for name, _ in files:
-            yield Progress(_indexing(name))
+            yield Progress(indexing_file(name))
         problems: dict[str, str] = {}
         try:
             store_id = resources.get(VECTOR_STORE)
@@ -239,17 +240,17 @@ class ResponsesBackend:
                 if batch.file_counts.failed or batch.file_counts.cancelled:
                     async for vs_file in batches.list_files(batch.id, vector_store_id=store_id):
                         if vs_file.status in ("failed", "cancelled"):
-                            problems[vs_file.id] = _INDEX_FAILED
+                            problems[vs_file.id] = INDEX_FAILED
         except TimeoutError:
             log.warning("indexing still running after %.0fs", self._index_timeout)
-            problems = {file_id: _INDEX_SLOW for _, file_id in files}
+            problems = {file_id: INDEX_SLOW for _, file_id in files}
         except openai.OpenAIError as exc:
             log.warning("indexing failed conversation=%s error=%s", conversation_id, exc)
-            problems = {file_id: _INDEX_FAILED for _, file_id in files}
+            problems = {file_id: INDEX_FAILED for _, file_id in files}
         for name, file_id in files:
             if file_id in problems:
                 yield Notice(file_refused(name, problems[file_id]))
-            yield Progress(_indexing(name), done=True)
+            yield Progress(indexing_file(name), done=True)
 
     # ---- one response ---------------------------------------------------------------
 
