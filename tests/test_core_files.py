@@ -50,19 +50,23 @@ class MemoryFile:
         return self.data
 
 
+def bridge_for(fake: FakeOpenAI, tmp_path: Path, tool: dict[str, object]) -> Bridge:
+    general = {**PROFILES["assistants"]["general"], "tools": [tool]}
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
+    return Bridge(
+        profiles=parse_profiles({"default": "general", "assistants": {"general": general}}),
+        backends={"responses": ResponsesBackend(client)},
+        store=SqliteDictStore(tmp_path / "store.sqlite"),
+        deliveries=RecentDeliveries(),
+        runner=TurnRunner(),
+        file_limits=FileLimits(max_file_bytes=2 * MB, max_message_bytes=3 * MB, max_files=4),
+    )
+
+
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Bridge, FakeOpenAI]]:
-    general = {**PROFILES["assistants"]["general"], "tools": [{"type": "code_interpreter"}]}
     async with FakeOpenAI() as fake:
-        client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
-        bridge = Bridge(
-            profiles=parse_profiles({"default": "general", "assistants": {"general": general}}),
-            backends={"responses": ResponsesBackend(client)},
-            store=SqliteDictStore(tmp_path / "store.sqlite"),
-            deliveries=RecentDeliveries(),
-            runner=TurnRunner(),
-            file_limits=FileLimits(max_file_bytes=2 * MB, max_message_bytes=3 * MB, max_files=4),
-        )
+        bridge = bridge_for(fake, tmp_path, {"type": "code_interpreter"})
         yield bridge, fake
         await bridge.close()
 
@@ -134,19 +138,8 @@ async def test_command_words_sent_with_a_file_are_a_question_about_it(
 
 
 async def test_a_stopped_turn_keeps_the_vector_store_it_made(tmp_path: Path) -> None:
-    general = {
-        **PROFILES["assistants"]["general"],
-        "tools": [{"type": "file_search", "vector_store_ids": ["vs_team"]}],
-    }
     async with FakeOpenAI(first_token_delay=2.0) as fake:
-        client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
-        bridge = Bridge(
-            profiles=parse_profiles({"default": "general", "assistants": {"general": general}}),
-            backends={"responses": ResponsesBackend(client)},
-            store=SqliteDictStore(tmp_path / "store.sqlite"),
-            deliveries=RecentDeliveries(),
-            runner=TurnRunner(),
-        )
+        bridge = bridge_for(fake, tmp_path, {"type": "file_search", "vector_store_ids": ["vs_team"]})
         try:
             reading = RecordingReply()
             message = InboundMessage(KEY, "U1", "read", ("m-a",), files=(MemoryFile("a.pdf", b"%PDF-1.4"),))
