@@ -160,7 +160,7 @@ async def _check(settings: Settings) -> int:
     from slack_sdk.errors import SlackApiError
 
     from bots.service import build_backends
-    from bots.slack.adapter import build_web_client
+    from bots.slack.adapter import BOT_SCOPES, build_web_client
 
     profiles = _load(settings)
     problems = int(_report_missing(settings, profiles))
@@ -174,6 +174,14 @@ async def _check(settings: Settings) -> int:
         try:
             auth = await client.auth_test()
             print(f"slack ok: {auth.get('team')} as {auth.get('user')}")
+            granted = auth.headers.get("x-oauth-scopes")  # Slack lists the token's scopes here
+            missing = sorted(BOT_SCOPES - set(granted.split(","))) if granted is not None else []
+            if missing:
+                problems += 1
+                _say(
+                    f"slack: the app lacks the scopes {', '.join(missing)}: update it from "
+                    "manifests/slack/ and reinstall it to the workspace"
+                )
         except SlackApiError as exc:
             problems += 1
             _say(f"slack: the bot token was refused ({exc.response.get('error')})")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bots.slack.adapter import BOT_SCOPES
 from tests import slack_events
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack_server import FakeSlack
@@ -100,6 +101,13 @@ async def test_check_reaches_slack_and_the_backend(
     code, out, err = await run_cli(tmp_path, "check", env=env)
     assert code == 0, err
     assert "slack ok" in out and "backend ok: general" in out and "all checks passed" in out
+
+    fake_slack.scopes = set(BOT_SCOPES) - {"files:read", "users:read"}  # installed before files
+    code, _, err = await run_cli(tmp_path, "check", env=env)
+    assert code == 1 and "slack: the app lacks the scopes files:read, users:read" in err
+    fake_slack.scopes = set(BOT_SCOPES) | {"reactions:write"}
+    code, _, err = await run_cli(tmp_path, "check", env=env)
+    assert code == 0, err
 
     env["SLACK_BOT_TOKEN"] = "xoxb-wrong"
     code, _, err = await run_cli(tmp_path, "check", env=env)

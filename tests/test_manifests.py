@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bots.slack.adapter import BOT_SCOPES
+
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests" / "slack"
 
 
@@ -28,21 +30,7 @@ def test_slack_manifest(name: str, socket_mode: bool) -> None:
         assert "url" not in command  # Socket Mode delivers commands over the socket
     else:
         assert command["url"] == manifest["settings"]["event_subscriptions"]["request_url"]
-    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    # app_mention, DMs and thread follow-ups; chat.*Stream/postMessage/update/postEphemeral;
-    # setStatus; uploads; the slash command; users.info (admins and guests)
-    assert {
-        "app_mentions:read",
-        "im:history",
-        "channels:history",
-        "groups:history",
-        "mpim:history",
-        "chat:write",
-        "assistant:write",
-        "files:write",
-        "commands",
-        "users:read",
-    } <= scopes
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == BOT_SCOPES
     settings = manifest["settings"]
     assert {
         "app_mention",

@@ -35,6 +35,24 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 SLASH_COMMAND = "/assistant"
 SLACK_API_URL = "https://slack.com/api/"
+# What the bot's token must be granted (manifests/slack/): mentions, DMs and thread follow-ups,
+# streaming and posting, the slash command, files both ways, and users.info for admins and guests.
+BOT_SCOPES = frozenset(
+    {
+        "app_mentions:read",
+        "assistant:write",
+        "chat:write",
+        "commands",
+        "channels:history",
+        "groups:history",
+        "mpim:history",
+        "im:history",
+        "im:read",
+        "files:read",
+        "files:write",
+        "users:read",
+    }
+)
 
 # Message subtypes that are a person saying something new; edits, deletions, joins and bot
 # posts are not.

@@ -108,6 +108,7 @@ class FakeSlack(LoopbackServer):
         self.calls: list[Call] = []
         self.uploads: dict[str, bytes] = {}
         self.delay: float = 0.0
+        self.scopes: set[str] | None = None  # the token's scopes, sent as x-oauth-scopes when set
         self._messages: list[Message] = []
         self.ephemerals: list[Ephemeral] = []
         self.home_views: dict[str, dict[str, Any]] = {}  # user id -> last published home view
@@ -372,7 +373,8 @@ class FakeSlack(LoopbackServer):
         if any(args.get(name) in (None, "") for name in required):
             return _error("invalid_arguments")
         try:
-            return web.json_response({"ok": True, **handler(args)})
+            headers = {"x-oauth-scopes": ",".join(sorted(self.scopes))} if self.scopes is not None else None
+            return web.json_response({"ok": True, **handler(args)}, headers=headers)
         except _MethodError as e:
             return _error(e.error)
 
