@@ -15,6 +15,8 @@ from core import wording
 from core.files import FileRefused, FileTooLarge
 
 MAX_REDIRECTS = 3
+# Per request, not the session's total: a 20 MB file on a slow link may take longer than an API call.
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
 
 
 async def download(
@@ -25,16 +27,20 @@ async def download(
     allowed: Callable[[URL], bool],
     token: str | None = None,
     refuse_html: bool = False,
+    html_size: int | None = None,
 ) -> bytes:
     """The file's bytes. ``allowed`` says which URLs may be fetched (and get the token);
-    ``refuse_html`` treats an HTML page as a sign-in page served instead of the file."""
+    ``refuse_html`` treats an HTML page as a sign-in page served instead of the file, unless
+    ``html_size`` (for an HTML file, the size the platform declared) matches it exactly."""
     target = URL(url)
     for _ in range(MAX_REDIRECTS + 1):
         if not allowed(target):
             raise FileRefused(wording.FILE_HOST_NOT_ALLOWED)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            async with session.get(target, headers=headers, allow_redirects=False) as response:
+            async with session.get(
+                target, headers=headers, allow_redirects=False, timeout=TIMEOUT
+            ) as response:
                 if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
                     target = target.join(URL(response.headers["Location"]))
                     continue
@@ -42,7 +48,8 @@ async def download(
                     raise FileRefused(wording.FILE_FORBIDDEN)
                 if response.status != 200:
                     raise FileRefused(wording.DOWNLOAD_FAILED)
-                if refuse_html and response.content_type == "text/html":
+                sign_in = refuse_html and response.content_type == "text/html"
+                if sign_in and html_size is None:
                     raise FileRefused(wording.FILE_LOGIN_PAGE)
                 if response.content_length is not None and response.content_length > limit:
                     raise FileTooLarge()
@@ -51,8 +58,10 @@ async def download(
                     data += chunk
                     if len(data) > limit:
                         raise FileTooLarge()
+                if sign_in and len(data) != html_size:
+                    raise FileRefused(wording.FILE_LOGIN_PAGE)
                 return bytes(data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValueError: a bad Location
             raise FileRefused(wording.DOWNLOAD_FAILED) from exc
     raise FileRefused(wording.DOWNLOAD_FAILED)
 

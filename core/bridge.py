@@ -106,6 +106,9 @@ class Bridge:
             if await self._explained.first_sighting((f"explained:{message.key}:{refusal}",)):
                 await self._tell(reply, refusal)
             return Outcome.REFUSED
+        if not message.text and not message.files:  # a bare mention: a greeting, no backend call
+            await self._tell(reply, wording.HELLO)
+            return Outcome.COMMAND
         queued_at = time.monotonic()
         return await self._submit(message.key, reply, lambda: self._turn(message, reply, queued_at))
 

@@ -235,8 +235,10 @@ async def test_users_info_is_asked_once_and_a_failure_means_no_roles(bridge: Run
     await ask(bridge, "one")
     await ask(bridge, "two")
     assert [c.args["user"] for c in bridge.slack.calls_to("users.info")] == ["U1"]
-    bridge.slack.fail("users.info", "user_not_found")
+    bridge.slack.fail("users.info", "missing_scope")
     assert await ask(bridge, "still answered", user="U2") == "You said: still answered"
+    assert await ask(bridge, "and again", user="U2") == "You said: and again"
+    assert [c.args["user"] for c in bridge.slack.calls_to("users.info")] == ["U1", "U2"]  # failure kept
 
 
 async def test_audit_log_records_who_where_before_after(bridge: RunningBridge) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from core import wording
 from tests.conftest import RunningBridge
 from tests.fakes.openai_server import Reply
 from tests.slack_events import mention, message, next_ts
@@ -146,6 +147,18 @@ async def test_bare_mention_gets_a_greeting_without_a_backend_call(bridge: Runni
     await bridge.post_event(event)
     await bridge.slack.wait_for(lambda: bool(bridge.slack.messages("C1", event["ts"])))
     assert bridge.openai.requests == []
+
+
+async def test_a_bare_mention_delivered_twice_is_greeted_once(bridge: RunningBridge) -> None:
+    root = mention("hi")
+    await bridge.post_event(root)
+    await bridge.wait_answers("C1", root["ts"])
+    bare = mention("", thread_ts=root["ts"])  # also comes as a message in a thread it follows
+    await bridge.post_event(bare)
+    await bridge.post_event(message(bare["text"], ts=bare["ts"], thread_ts=root["ts"]))
+    await bridge.wait_answers("C1", root["ts"], count=2)
+    await asyncio.sleep(0.2)
+    assert bridge.answers("C1", root["ts"]) == ["You said: hi", wording.HELLO]
 
 
 async def test_socket_mode_first_delivery_with_retry_num_zero_is_answered(bridge: RunningBridge) -> None:

@@ -256,3 +256,50 @@ async def test_an_image_in_is_vision_input(bridge: RunningBridge) -> None:
     [request] = bridge.openai.requests
     parts = [p for item in request["input"] for p in item.get("content") or []]
     assert {"type": "input_image", "file_id": upload.id, "detail": "auto"} in parts
+
+
+async def test_an_html_file_is_read_but_a_sign_in_page_in_its_place_is_not(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
+) -> None:
+    general = {
+        **PROFILES["assistants"]["general"],
+        "tools": [{"type": "file_search", "vector_store_ids": ["vs_team"]}],
+    }
+    service, stop, task = await bridge_with(tmp_path, fake_openai, fake_slack, general)
+    try:
+        async with aiohttp.ClientSession() as http:
+            bot = RunningBridge(service, http, fake_slack, fake_openai)
+            page = b"<html>the real notes</html>"
+            notes = shared(fake_slack, "F14", "notes.html", page, "text/html")
+            locked = shared(fake_slack, "F15", "locked.html", page, "text/html", readable=False)
+            event = dm("summarise", [notes, locked])
+            await bot.post_event(event)
+            [answer] = await bot.wait_answers("D1", event["ts"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert answer.startswith("⚠️ I could not use locked.html: a sign-in page came back")
+    assert [(f.filename, f.data) for f in fake_openai.files.values()] == [("notes.html", page)]
+
+
+async def test_a_failed_upload_is_named_in_the_answer(analyst: RunningBridge) -> None:
+    from tests.fakes.openai_server import Reply
+
+    analyst.slack.failing_uploads = 1
+    analyst.openai.enqueue(Reply("Here is the chart.", images=[PNG], container_id="cntr_1"))
+    event = dm("draw it", [])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer == "Here is the chart.\n\n⚠️ I could not attach image-1.png here."
+
+
+def test_a_shared_file_never_shows_the_token() -> None:
+    from bots.slack.files import files_of
+
+    [file] = files_of(
+        {"files": [{"name": "a.csv", "url_private_download": "https://files.slack.com/a"}]},
+        None,  # type: ignore[arg-type]
+        "xoxb-secret",
+        "https://slack.com/api/",
+    )
+    assert "xoxb-secret" not in repr(file) and "a.csv" in repr(file)

@@ -20,9 +20,7 @@ from bots.slack.ephemeral import EphemeralReply
 from bots.slack.files import SlackFile, files_of
 from bots.slack.home import home_view
 from bots.slack.reply import SlackReply, SlackThread
-from bots.slack.text import neutralise
 from bots.slack.users import UserRoles
-from core import wording
 from core.bridge import Bridge
 from core.commands import Command, parse_command
 from core.conversation import ConversationKey
@@ -131,11 +129,6 @@ class SlackAdapter:
         )
         text = _strip_mention(event.get("text") or "", context.bot_user_id)
         files = self._files(event)
-        if not text and not files:
-            await self.client.chat_postMessage(
-                channel=thread.channel, thread_ts=thread.thread_ts, markdown_text=neutralise(wording.HELLO)
-            )
-            return
         reply = SlackReply(self.client, thread)
         user = event.get("user") or ""
         async with self._in_order(key):

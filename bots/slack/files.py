@@ -7,7 +7,7 @@ serve with HTTP 200 and its HTML sign-in page, which is refused rather than read
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -24,9 +24,9 @@ class SlackFile:
     mime_type: str
     size: int | None
     url: str | None
-    session: aiohttp.ClientSession
-    token: str | None
-    api_url: str
+    session: aiohttp.ClientSession = field(repr=False)
+    token: str | None = field(repr=False)  # never in a log line or a traceback
+    api_url: str = field(repr=False)
 
     async def read(self, limit: int) -> bytes:
         if not self.url:
@@ -37,7 +37,8 @@ class SlackFile:
             limit=limit,
             allowed=same_site(URL(self.api_url).with_path("/")),
             token=self.token,
-            refuse_html=not self.mime_type.startswith("text/html"),
+            refuse_html=True,  # an HTML file counts only when it is the size Slack declared
+            html_size=self.size if self.mime_type.startswith("text/html") else None,
         )
 
 

@@ -7,7 +7,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from slack_sdk.errors import SlackApiError
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix
@@ -236,6 +237,7 @@ class SlackReply:
                 content=out.data,
                 filename=out.filename,
             )
-        except SlackApiError as exc:
-            log.warning("slack upload failed file=%s error=%s", out.filename, exc.response.get("error"))
+        except (SlackApiError, SlackRequestError, aiohttp.ClientError, TimeoutError) as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
+            log.warning("slack upload failed file=%s error=%s", out.filename, error)
             self._notes.append(wording.upload_failed(out.filename))

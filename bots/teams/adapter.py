@@ -185,10 +185,6 @@ class TeamsAdapter:
             self.hosts,
             lambda: self.bot_token(service_url),
         )
-        if not text and not files:
-            await reply.emit(Notice(wording.HELLO))
-            await reply.emit(Done())
-            return
         user = activity.from_property
         message = InboundMessage(
             key=key,

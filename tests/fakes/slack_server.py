@@ -109,6 +109,7 @@ class FakeSlack(LoopbackServer):
         self.uploads: dict[str, bytes] = {}
         self.delay: float = 0.0
         self.scopes: set[str] | None = None  # the token's scopes, sent as x-oauth-scopes when set
+        self.failing_uploads = 0  # how many uploads to the upload URL answer 500 next
         self._messages: list[Message] = []
         self.ephemerals: list[Ephemeral] = []
         self.home_views: dict[str, dict[str, Any]] = {}  # user id -> last published home view
@@ -395,6 +396,9 @@ class FakeSlack(LoopbackServer):
         if file_id not in self._files:
             return web.Response(status=404, text="Not Found")
         data = await request.read()
+        if self.failing_uploads:
+            self.failing_uploads -= 1
+            return web.Response(status=500, text="Internal Server Error")
         self.uploads[file_id] = data
         return web.Response(text=f"OK - {len(data)}")
 
