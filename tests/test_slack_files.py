@@ -219,28 +219,32 @@ async def test_csv_in_chart_and_csv_out_with_assistants(
     assert sorted(fake_slack.uploads.values()) == sorted([PNG, SUMMARY])
 
 
-async def test_pdf_in_is_searched_and_the_answer_cites_it(
+@pytest.fixture
+async def searcher(
     tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
-) -> None:
-    from tests.fakes.openai_server import Reply, file_citation
-
+) -> AsyncIterator[RunningBridge]:
+    """A bridge whose assistant has file search (with a team library, vs_team)."""
     general = {
         **PROFILES["assistants"]["general"],
         "tools": [{"type": "file_search", "vector_store_ids": ["vs_team"]}],
     }
     service, stop, task = await bridge_with(tmp_path, fake_openai, fake_slack, general)
-    try:
-        async with aiohttp.ClientSession() as http:
-            bot = RunningBridge(service, http, fake_slack, fake_openai)
-            pdf = shared(fake_slack, "F12", "q3.pdf", b"%PDF-1.4 revenue", "application/pdf")
-            text = "Revenue grew 12%."
-            fake_openai.enqueue(Reply(text, annotations=[file_citation("file-x", "q3.pdf", len(text))]))
-            event = dm("how did revenue do?", [pdf])
-            await bot.post_event(event)
-            [answer] = await bot.wait_answers("D1", event["ts"])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    async with aiohttp.ClientSession() as http:
+        yield RunningBridge(service, http, fake_slack, fake_openai)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_pdf_in_is_searched_and_the_answer_cites_it(searcher: RunningBridge) -> None:
+    from tests.fakes.openai_server import Reply, file_citation
+
+    fake_openai = searcher.openai
+    pdf = shared(searcher.slack, "F12", "q3.pdf", b"%PDF-1.4 revenue", "application/pdf")
+    text = "Revenue grew 12%."
+    fake_openai.enqueue(Reply(text, annotations=[file_citation("file-x", "q3.pdf", len(text))]))
+    event = dm("how did revenue do?", [pdf])
+    await searcher.post_event(event)
+    [answer] = await searcher.wait_answers("D1", event["ts"])
     assert answer.startswith("Revenue grew 12%.") and "q3.pdf" in answer.split("Sources", 1)[1]
     [store] = fake_openai.vector_stores
     [request] = fake_openai.requests
@@ -258,28 +262,15 @@ async def test_an_image_in_is_vision_input(bridge: RunningBridge) -> None:
     assert {"type": "input_image", "file_id": upload.id, "detail": "auto"} in parts
 
 
-async def test_an_html_file_is_read_but_a_sign_in_page_in_its_place_is_not(
-    tmp_path: Path, fake_openai: FakeOpenAI, fake_slack: FakeSlack
-) -> None:
-    general = {
-        **PROFILES["assistants"]["general"],
-        "tools": [{"type": "file_search", "vector_store_ids": ["vs_team"]}],
-    }
-    service, stop, task = await bridge_with(tmp_path, fake_openai, fake_slack, general)
-    try:
-        async with aiohttp.ClientSession() as http:
-            bot = RunningBridge(service, http, fake_slack, fake_openai)
-            page = b"<html>the real notes</html>"
-            notes = shared(fake_slack, "F14", "notes.html", page, "text/html")
-            locked = shared(fake_slack, "F15", "locked.html", page, "text/html", readable=False)
-            event = dm("summarise", [notes, locked])
-            await bot.post_event(event)
-            [answer] = await bot.wait_answers("D1", event["ts"])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+async def test_an_html_file_is_read_but_a_sign_in_page_in_its_place_is_not(searcher: RunningBridge) -> None:
+    page = b"<html>the real notes</html>"
+    notes = shared(searcher.slack, "F14", "notes.html", page, "text/html")
+    locked = shared(searcher.slack, "F15", "locked.html", page, "text/html", readable=False)
+    event = dm("summarise", [notes, locked])
+    await searcher.post_event(event)
+    [answer] = await searcher.wait_answers("D1", event["ts"])
     assert answer.startswith("⚠️ I could not use locked.html: a sign-in page came back")
-    assert [(f.filename, f.data) for f in fake_openai.files.values()] == [("notes.html", page)]
+    assert [(f.filename, f.data) for f in searcher.openai.files.values()] == [("notes.html", page)]
 
 
 async def test_a_failed_upload_is_named_in_the_answer(analyst: RunningBridge) -> None:
