@@ -244,3 +244,14 @@ async def test_reset_starts_a_new_conversation_in_a_personal_chat(teams: Running
     await say(teams, T.personal("which number now?", service_url=url))
     first, second, third = (r["conversation"] for r in teams.openai.requests)
     assert first == second != third
+
+
+async def test_quick_messages_share_one_member_lookup_and_keep_their_order(teams: RunningTeams) -> None:
+    url = teams.connector.service_url
+    teams.connector.delay = 0.2  # every connector request, the member lookup too, takes a while
+    first, second = T.personal("first", service_url=url), T.personal("second", service_url=url)
+    assert await teams.post(first) == 202
+    assert await teams.post(second) == 202
+    answers = await teams.wait_answers(first["conversation"]["id"], count=2)
+    assert [a.text for a in answers] == ["You said: first", "You said: second"]
+    assert len(teams.connector.member_lookups) == 1

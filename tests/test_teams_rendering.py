@@ -274,3 +274,40 @@ async def test_a_long_silent_turn_closes_its_stream_with_a_holding_line(connecto
     assert holding.streamed and holding.finished and holding.text == "Still working on it…"
     assert answer.text == "Done: 42."
     assert connector.typing_count(chat["conversation"]["id"]) >= 1  # typing once the stream closed
+
+
+async def test_a_stream_past_the_update_limit_stays_cumulative_and_goes_on_in_the_final(
+    connector: FakeConnector,
+) -> None:
+    connector.min_stream_interval = 0.1
+    stops: list[bool] = []
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.1, on_user_stop=lambda: stops.append(True))
+    await reply.emit(Progress("Thinking…"))
+    first = "Intro.\n\n" + "word " * 5_990  # just under the streaming limit: streamed whole
+    await reply.emit(TextDelta(first))
+    await asyncio.sleep(0.15)
+    await reply.emit(TextDelta("more " * 40))  # past the limit: the stream stops growing
+    await asyncio.sleep(0.15)
+    await reply.emit(Done())
+    assert stops == []
+    shown = "".join(v.text for v in connector.visible(chat["conversation"]["id"]))
+    assert shown.rstrip().endswith(("more " * 40).strip())
+    # (the fixture checks that every update repeated the text before it)
+
+
+async def test_a_refusal_mid_stream_closes_the_stream_without_repeating_the_answer(
+    connector: FakeConnector,
+) -> None:
+    connector.min_stream_interval = 0.1
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, stream_interval=0.1)
+    await reply.emit(Progress("Thinking…"))
+    await reply.emit(TextDelta("First half. "))
+    await asyncio.sleep(0.15)
+    connector.fail(500, "InternalServerError")
+    await reply.emit(TextDelta("Second half."))
+    await asyncio.sleep(0.15)
+    await reply.emit(Done())
+    visible = connector.visible(chat["conversation"]["id"])
+    assert [(v.streamed, v.finished, v.text) for v in visible] == [(True, True, "First half. Second half.")]

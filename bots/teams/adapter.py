@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -117,7 +118,10 @@ class TeamsAdapter:
         # The bot's Bot Framework token for a service URL (pasted images need it); replaceable in tests.
         self.bot_token: Callable[[str], Awaitable[str | None]] = self._bot_token
         self.http: aiohttp.ClientSession | None = None
-        self._roles: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        # (tenant, user) -> (until, roles), least recently fetched first; and lookups in flight, so
+        # that one user's quick messages share one lookup and reach the core in the order they came.
+        self._roles: OrderedDict[tuple[str, str], tuple[float, frozenset[str]]] = OrderedDict()
+        self._role_lookups: dict[tuple[str, str], asyncio.Future[frozenset[str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -205,18 +209,25 @@ class TeamsAdapter:
         user = activity.from_property
         if self._bridge.profiles.policy.guests or user is None or not user.id:
             return frozenset()
-        tenant = _key(activity).workspace
-        now = time.monotonic()
-        cached = self._roles.get((tenant, user.id))
-        if cached is not None and cached[0] > now:
+        who = (_key(activity).workspace, user.id)
+        cached = self._roles.get(who)
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        role = await self._user_role(activity, user.id)
+        lookup = self._role_lookups.get(who)
+        if lookup is None:
+            lookup = self._role_lookups[who] = asyncio.ensure_future(self._look_up_roles(activity, who))
+            lookup.add_done_callback(lambda _: self._role_lookups.pop(who, None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up_roles(self, activity: Activity, who: tuple[str, str]) -> frozenset[str]:
+        role = await self._user_role(activity, who[1])
         if role is None:
-            return frozenset()
+            return frozenset()  # not remembered: asked again next time
         roles = frozenset({"guest"}) if role.lower() in ("guest", "anonymous") else frozenset()
-        if len(self._roles) >= _ROLES_KEPT:
-            self._roles = {k: v for k, v in self._roles.items() if v[0] > now}
-        self._roles[(tenant, user.id)] = (now + ROLE_TTL, roles)
+        self._roles.pop(who, None)
+        self._roles[who] = (time.monotonic() + ROLE_TTL, roles)
+        while len(self._roles) > _ROLES_KEPT:
+            self._roles.popitem(last=False)
         return roles
 
     async def _user_role(self, activity: Activity, user_id: str) -> str | None:

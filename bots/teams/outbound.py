@@ -76,7 +76,7 @@ class Outbound:
                 wait = _retry_after(exc.headers) or _backoff(attempt)
                 log.warning("teams send throttled status=%s; retrying in %.1fs", exc.status, wait)
                 await self._sleep(min(wait, MAX_RETRY_WAIT))
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise ConnectorRefused(0, "Unreachable", str(exc)) from None
                 await self._sleep(_backoff(attempt))
@@ -132,7 +132,12 @@ class _ProactiveContext:
         self._task = asyncio.create_task(
             self._adapter.continue_conversation_with_claims(self._identity, self._continuation, hold)
         )
-        await asyncio.wait([entered, self._task], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([entered, self._task], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled while opening: continue_conversation must end too
+            self._release.set()
+            self._task.cancel()
+            raise
         if not entered.done():
             self._task.result()  # raises what went wrong (e.g. no token could be had)
             raise RuntimeError("continue_conversation ended before its turn started")

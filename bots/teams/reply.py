@@ -24,7 +24,7 @@ from microsoft_agents.activity import Activity, Attachment, StreamInfo
 
 from bots.teams.images import UnusableImage, fit_for_teams
 from bots.teams.outbound import ConnectorRefused, Outbound
-from bots.teams.text import neutralise, safe_prefix, sources, split_message, to_teams_markdown
+from bots.teams.text import neutralise, safe_prefix, size, sources, split_message, to_teams_markdown
 from bots.teams.uploads import consent_card
 from core import wording
 from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Notice, Progress, TextDelta
@@ -157,24 +157,28 @@ class TeamsReply:
             informative = not text
             if informative and self._stream_id is not None and self._streamed:
                 return  # Teams takes no informative update once text streams
-            if not informative:
-                text = split_message(text, STREAM_TEXT_LIMIT)[0]  # the rest shows in the final message(s)
+            if not informative and size(text) > STREAM_TEXT_LIMIT:
+                # Each update repeats all that streamed: past the limit the stream stops growing
+                # and the final message(s) carry the rest.
+                text = self._streamed or split_message(text, STREAM_TEXT_LIMIT)[0]
             self._sequence += 1
             info = StreamInfo(
-                stream_type="informative" if informative else "streaming",
-                stream_sequence=self._sequence,
-                stream_id=self._stream_id or "",
+                stream_type="informative" if informative else "streaming", stream_sequence=self._sequence
             )
+            if self._stream_id is not None:  # the first update has none: Teams gives it
+                info.stream_id = self._stream_id
             activity = Activity(type="typing", text=self._label if informative else text, entities=[info])
-            self._last_update = time.monotonic()
+            sent_at = time.monotonic()  # the two-minute cap counts from the first request, cautiously
             try:
                 stream_id = await self.outbound.send(activity)
             except ConnectorRefused as exc:
                 self._stream_refused(exc)
                 return
+            finally:
+                self._last_update = time.monotonic()  # Teams' one second counts from its answer
             if self._stream_id is None:
                 self._stream_id = stream_id
-                self._stream_started = self._last_update
+                self._stream_started = sent_at
             if not informative:
                 self._streamed = text
 
@@ -190,7 +194,8 @@ class TeamsReply:
                 self.on_user_stop()
             return
         log.warning("teams streaming refused status=%s code=%s; sending plain messages", exc.status, exc.code)
-        self._stream_id = None
+        # A stream already open keeps its id: the final message still closes it (replacing its
+        # text), so the answer is not shown twice.
         self._start_heartbeat()
 
     async def _close_stream_early(self) -> None:
@@ -249,10 +254,11 @@ class TeamsReply:
     # The end of the turn
 
     async def _finish(self) -> None:
-        for task in (self._timer, self._heartbeat):
-            if task is not None:
-                task.cancel()
-        self._timer = self._heartbeat = None
+        async with self._lock:  # an update or early close in flight completes first
+            for task in (self._timer, self._heartbeat):
+                if task is not None:
+                    task.cancel()
+            self._timer = self._heartbeat = None
         self._raw += neutralise(self._raw_tail)
         self._raw_tail = ""
         try:

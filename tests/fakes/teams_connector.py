@@ -301,6 +301,8 @@ class FakeConnector(LoopbackServer):
         cid, uid = request.match_info["cid"], request.match_info["uid"]
         status = self._member_failures.pop(0) if self._member_failures else 200
         self.member_lookups.append(MemberLookup(cid, uid, request.headers.get("Authorization"), status))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if status != 200:
             return web.json_response({"error": {"code": "Failed", "message": "member lookup"}}, status=status)
         return web.json_response(
@@ -458,6 +460,8 @@ class FakeConnector(LoopbackServer):
         if not text:
             raise self._bad_request("Start streaming activities should include text")
         self._check_size(activity, streaming=True)
+        if stream_id == "":
+            self._protocol_error("first streaming update carries an empty streamId (leave it out)")
         if not stream_id:
             if not _is_personal(cid, activity):
                 raise _Refused(405, "BadArgument", NOT_PERSONAL)
