@@ -236,3 +236,21 @@ async def test_changes_in_the_same_instant_are_all_audited(tmp_path: Path) -> No
         assert sorted(e.what for e in await book.audit_entries()) == ["limit", "use"]
     finally:
         await book.close()
+
+
+async def test_allowlists_of_channels_and_users(tmp_path: Path) -> None:
+    access = {"channels": ["CA"], "users": ["U1"]}
+    async with FakeOpenAI() as fake:
+        bridge = bridge_with(
+            fake, SqliteChannelBook(tmp_path / "b.sqlite"), access=access, admins={"slack": ["UADMIN"]}
+        )
+        try:
+            assert await say(bridge, A, "hi") == "You said: hi"
+            assert await say(bridge, B, "hi") == wording.NOT_ALLOWED_HERE
+            assert await say(bridge, A, "me too?", user="U2") == wording.NOT_FOR_YOU
+            assert await say(bridge, A, "and me", user="UADMIN") == "You said: and me"  # admins always
+            await say(bridge, B, "allow", user="UADMIN")  # an admin's allow opens a channel off the list
+            assert await say(bridge, B, "now?") == "You said: now?"
+            assert len(fake.requests) == 3
+        finally:
+            await bridge.close()
