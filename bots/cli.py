@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         store = args.store or settings.store_path
         if store != ":memory:" and not Path(store).exists():
             _say(f"audit: no store at {store} (set ASSISTANT_BRIDGE_STORE or --store)")
-            print("no changes recorded")
+            if args.store:  # a path given by hand that is not there is a mistake
+                return 1
+            print("no changes recorded")  # the bot has not run here yet
             return 0
         return asyncio.run(_audit(store))
     if args.command == "serve":

@@ -261,5 +261,5 @@ async def test_audit_prints_every_change_without_other_settings(tmp_path: Path) 
         "1970-01-02T00:00:00Z  U-admin  slack:T1:C1  use  profile=default -> profile=analyst",
         "1970-01-02T01:01:01Z  aad-admin  teams:t:19:c@thread  deny  answers=default -> answers=denied",
     ]
-    code, out, _ = await run_cli(tmp_path, "audit", "--store", str(tmp_path / "empty.sqlite"), env=env)
-    assert code == 0 and out.strip() == "no changes recorded"
+    code, _, err = await run_cli(tmp_path, "audit", "--store", str(tmp_path / "typo.sqlite"), env=env)
+    assert code == 1 and "audit: no store at" in err

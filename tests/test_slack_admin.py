@@ -284,6 +284,10 @@ async def test_home_tab_shows_the_dm_assistant_and_admins_get_more(bridge: Runni
     await bridge.post_event({"type": "app_home_opened", "user": "U9", "channel": "D9", "tab": "messages"})
     await asyncio.sleep(0.2)
     assert "U9" not in bridge.slack.home_views
+    # a guest is told what a message would tell them, not that an assistant answers
+    bridge.slack.set_user("UGUEST", is_restricted=True)
+    text = await open_home(bridge, "UGUEST", "DGUEST")
+    assert "I don't answer guest accounts" in text and "answers" not in text.split("\n")[0]
 
 
 async def test_user_roles_cache_expires_and_stays_bounded(fake_slack: FakeSlack) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -192,7 +193,7 @@ class SlackAdapter:
             key=ConversationKey("slack", workspace, channel, ""),
             user_id=user,
             text=text,
-            delivery_ids=(f"slack:cmd:{command.get('trigger_id')}",),
+            delivery_ids=(f"slack:cmd:{command.get('trigger_id') or uuid.uuid4().hex}",),
             place=_place(None, channel, command.get("channel_name")),
             user_roles=await self.roles.roles(user),
             explicit_command=True,

@@ -30,9 +30,6 @@ class EphemeralReply:
     _parts: list[str] = field(default_factory=list)
     _posted: bool = False
 
-    def add_note(self, note: str) -> None:
-        self._parts.append(f"⚠️ {note}")
-
     async def emit(self, event: Event) -> None:
         if isinstance(event, Notice | TextDelta):
             if isinstance(event, Notice) or not self._parts:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from bots.slack.text import neutralise
-from core import wording
 from core.admin import ChannelAdmin
-from core.channels import channel_of
 from core.conversation import ConversationKey
+from core.messages import InboundMessage
 
 _TEXT_LIMIT = 3000  # a section's text
 
@@ -17,16 +16,18 @@ _TEXT_LIMIT = 3000  # a section's text
 async def home_view(
     admin: ChannelAdmin, *, team: str, user: str, dm_channel: str | None, roles: frozenset[str]
 ) -> dict[str, Any]:
-    """A Block Kit ``home`` view for ``user``. Per-channel settings other than the user's DM are
-    not listed: the channel book has no way to list the channels it has settings for."""
-    profiles, policy = admin.profiles, admin.profiles.policy
+    """A Block Kit ``home`` view for ``user``: the assistant in their DM with the bot (or why the
+    bot will not answer them there, by the same rules as a message), and for admins the defaults,
+    the assistants and every channel an admin has set."""
+    policy = admin.profiles.policy
     blocks: list[dict[str, Any]] = [_header("Your assistant")]
     if dm_channel:
         key = ConversationKey("slack", team, dm_channel, "")
-        settings = await admin.book.settings(channel_of(key))
-        profile = profiles.get(settings.profile or "") or profiles.default
-        if settings.answers is False or (not policy.dms and settings.answers is not True):
-            blocks.append(_section(wording.DMS_OFF))
+        as_if = InboundMessage(key, user, "", (), place="dm", user_roles=roles)
+        refusal = await admin.refusal(as_if)
+        profile = await admin.profile_for(as_if)
+        if refusal is not None:
+            blocks.append(_section(refusal))
         else:
             line = f"In your messages with me, *{profile.name}* answers"
             blocks.append(
@@ -101,4 +102,6 @@ def _header(text: str) -> dict[str, Any]:
 
 def _section(text: str) -> dict[str, Any]:
     """Our own mrkdwn; text from elsewhere is neutralised before it gets here."""
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:_TEXT_LIMIT]}}
+    if len(text) > _TEXT_LIMIT:  # whole lines only: a cut mention or link would show as junk
+        text = text[: text.rfind("\n", 0, _TEXT_LIMIT - 20)] + "\n…and more"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}

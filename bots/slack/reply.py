@@ -65,10 +65,6 @@ class SlackReply:
     _timer: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def add_note(self, note: str) -> None:
-        """A sentence from the bridge (not the model) shown after the answer."""
-        self._notes.append(note)
-
     async def emit(self, event: Event) -> None:
         if isinstance(event, TextDelta):
             if self._after_notice:  # a notice (e.g. about a file) is its own paragraph
