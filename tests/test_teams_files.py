@@ -317,6 +317,20 @@ async def test_a_file_is_offered_then_uploaded_when_the_user_accepts(
     assert bot.service.teams is not None and bot.service.teams.uploads.total_bytes == 0
 
 
+async def test_an_upload_that_fails_is_told_and_the_card_can_not_be_reused(
+    maker: tuple[FilesBot, A.FakeAssistants],
+) -> None:
+    bot, assistants = maker
+    card = await ask_for_report(bot, assistants)
+    info = {**bot.connector.upload_info("report.csv"), "uploadUrl": bot.connector.url("/upload/gone")}
+    invoke = T.file_consent(service_url=bot.connector.service_url, action="accept",
+                            context=card["content"]["acceptContext"], upload_info=info)  # fmt: skip
+    assert await bot.post(invoke) == 200
+    [told] = (await bot.wait_answers(PERSONAL, count=3))[2:]
+    assert told.text == "⚠️ I could not attach report.csv here."
+    assert bot.service.teams is not None and bot.service.teams.uploads.total_bytes == 0
+
+
 async def test_a_declined_file_is_dropped_and_cannot_be_accepted_later(
     maker: tuple[FilesBot, A.FakeAssistants],
 ) -> None:

@@ -345,9 +345,14 @@ class TeamsAdapter:
             log.error("teams: handling an activity failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        """Wait for the activities being handed over (their turns belong to the bridge)."""
+        """Wait for the activities being handed over (their turns belong to the bridge); what
+        has not finished in 5 s is cancelled before the HTTP session closes under it."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5)
+            _, late = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if self.http is not None:
             await self.http.close()
             self.http = None

@@ -71,11 +71,11 @@ class Outbound:
                 response = await context.send_activity(activity)
                 return response.id if response is not None else None
             except aiohttp.ClientResponseError as exc:
-                if exc.status not in _RETRYABLE or attempt == MAX_ATTEMPTS:
-                    raise _refused(exc) from None
                 wait = _retry_after(exc.headers) or _backoff(attempt)
+                if exc.status not in _RETRYABLE or attempt == MAX_ATTEMPTS or wait > MAX_RETRY_WAIT:
+                    raise _refused(exc) from None  # (retrying before Retry-After would be refused too)
                 log.warning("teams send throttled status=%s; retrying in %.1fs", exc.status, wait)
-                await self._sleep(min(wait, MAX_RETRY_WAIT))
+                await self._sleep(wait)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise ConnectorRefused(0, "Unreachable", str(exc)) from None
