@@ -58,27 +58,23 @@ class TeamsReply:
     stream_limit: float = STREAM_LIMIT - STREAM_MARGIN
     keepalive: float = KEEPALIVE
     typing_interval: float = TYPING_INTERVAL
-    _raw: str = ""  # neutralised model text (and notices) so far
-    _raw_tail: str = ""  # text held back until it cannot become a mention tag
-    _after_notice: bool = False
-    _shown: int = 0  # how much of _raw a finished message already shows
-    _label: str = ""
-    _stream_id: str | None = None
-    _sequence: int = 0
-    _stream_started: float = 0.0
-    _last_update: float = 0.0
-    _streamed: str = ""  # text of the last streaming update
-    _citations: list[Citation] = field(default_factory=list)
-    _notes: list[str] = field(default_factory=list)
-    _images: list[ImageOut] = field(default_factory=list)
-    _offers: list[tuple[FileOut, str]] = field(default_factory=list)
-    _timer: asyncio.Task[None] | None = None
-    _heartbeat: asyncio.Task[None] | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def add_note(self, note: str) -> None:
-        """A sentence from the bridge (not the model) shown after the answer."""
-        self._notes.append(note)
+    _raw: str = field(init=False, default="")  # neutralised model text (and notices) so far
+    _raw_tail: str = field(init=False, default="")  # text held back until it cannot become a mention tag
+    _after_notice: bool = field(init=False, default=False)
+    _shown: int = field(init=False, default=0)  # how much of _raw a finished message already shows
+    _label: str = field(init=False, default="")
+    _stream_id: str | None = field(init=False, default=None)
+    _sequence: int = field(init=False, default=0)
+    _stream_started: float = field(init=False, default=0.0)
+    _last_update: float = field(init=False, default=0.0)
+    _streamed: str = field(init=False, default="")  # text of the last streaming update
+    _citations: list[Citation] = field(init=False, default_factory=list)
+    _notes: list[str] = field(init=False, default_factory=list)
+    _images: list[ImageOut] = field(init=False, default_factory=list)
+    _offers: list[tuple[FileOut, str]] = field(init=False, default_factory=list)
+    _timer: asyncio.Task[None] | None = field(init=False, default=None)
+    _heartbeat: asyncio.Task[None] | None = field(init=False, default=None)
+    _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 
     async def emit(self, event: Event) -> None:
         if isinstance(event, TextDelta):
@@ -238,12 +234,10 @@ class TeamsReply:
     async def _beat(self) -> None:
         while True:
             if self.streaming:
-                if self._stream_id is not None and time.monotonic() - self._last_update >= self.keepalive:
-                    await self._stream_update()
-                elif self._stream_id is not None and (
-                    time.monotonic() - self._stream_started >= self.stream_limit
-                ):
-                    await self._stream_update()
+                now = time.monotonic()
+                quiet, old = now - self._last_update >= self.keepalive, now - self._stream_started
+                if self._stream_id is not None and (quiet or old >= self.stream_limit):
+                    await self._stream_update()  # a keep-alive, or the stream's early close
             elif self.typing:
                 try:
                     await self.outbound.send(Activity(type="typing"))
