@@ -128,12 +128,22 @@ class SlackAdapter:
             team_id=event.get("team") or context.team_id or context.enterprise_id,
             user_id=event.get("user"),
         )
-        text = _strip_mention(event.get("text") or "", context.bot_user_id)
-        files = self._files(event)
         reply = SlackReply(self.client, thread)
         user = event.get("user") or ""
         async with self._in_order(key):
-            await self._accept_message(key, event, body, text, files, user, reply)
+            message = InboundMessage(
+                key=key,
+                user_id=user,
+                text=_strip_mention(event.get("text") or "", context.bot_user_id),
+                delivery_ids=(
+                    f"slack:event:{body.get('event_id')}",
+                    f"slack:msg:{event['channel']}:{event['ts']}",
+                ),
+                files=self._files(event),
+                place=_place(event.get("channel_type"), event["channel"]),
+                user_roles=await self.roles.roles(user),
+            )
+            await self._bridge.accept(message, reply)
 
     @contextlib.asynccontextmanager
     async def _in_order(self, key: ConversationKey) -> AsyncIterator[None]:
@@ -147,30 +157,6 @@ class SlackAdapter:
             count[0] -= 1
             if count[0] == 0:
                 del self._accepting[key]
-
-    async def _accept_message(
-        self,
-        key: ConversationKey,
-        event: dict[str, Any],
-        body: dict[str, Any],
-        text: str,
-        files: tuple[SlackFile, ...],
-        user: str,
-        reply: SlackReply,
-    ) -> None:
-        message = InboundMessage(
-            key=key,
-            user_id=user,
-            text=text,
-            delivery_ids=(
-                f"slack:event:{body.get('event_id')}",
-                f"slack:msg:{event['channel']}:{event['ts']}",
-            ),
-            files=files,
-            place=_place(event.get("channel_type"), event["channel"]),
-            user_roles=await self.roles.roles(user),
-        )
-        await self._bridge.accept(message, reply)
 
     async def _on_slash_command(self, ack: Any, command: dict[str, Any], context: AsyncBoltContext) -> None:
         """``/assistant <words>``: always a command (words that do not fit get the help text),
