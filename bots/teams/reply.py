@@ -235,8 +235,8 @@ class TeamsReply:
         while True:
             if self.streaming:
                 now = time.monotonic()
-                quiet, old = now - self._last_update >= self.keepalive, now - self._stream_started
-                if self._stream_id is not None and (quiet or old >= self.stream_limit):
+                quiet, age = now - self._last_update >= self.keepalive, now - self._stream_started
+                if self._stream_id is not None and (quiet or age >= self.stream_limit):
                     await self._stream_update()  # a keep-alive, or the stream's early close
             elif self.typing:
                 try:
