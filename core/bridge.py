@@ -239,7 +239,7 @@ class Bridge:
                     "conversation gone key=%s id=%s; starting a new one", message.key, state.conversation_id
                 )
                 state = await self._open(message.key, profile, backend)
-                turn = TurnInput(text=text, user_id=message.user_id, files=tuple(parts))
+                turn = replace(turn, resources={})  # the files it uploaded are kept (``uploaded``)
                 async for event in backend.run_turn(state.conversation_id, turn, profile):
                     yield event
             finished = True

@@ -16,6 +16,7 @@ and the rest of the message is still answered.
 
 from __future__ import annotations
 
+import mimetypes
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
@@ -118,3 +119,8 @@ class FilePart:
     mime_type: str
     data: bytes
     route: FileRoute
+
+    @property
+    def upload_mime_type(self) -> str:
+        """The type to upload it with: as the platform said, else guessed from its name."""
+        return self.mime_type or mimetypes.guess_type(self.name)[0] or "application/octet-stream"

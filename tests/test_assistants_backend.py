@@ -11,7 +11,7 @@ import pytest
 
 from core.backend import TurnInput
 from core.backends.assistants import AssistantsBackend
-from core.errors import ConfigError
+from core.errors import ConfigError, ConversationGone
 from core.events import Event, Failure, FailureKind, Notice, Progress, TextDelta
 from core.files import FilePart, FileRoute
 from core.profiles import AssistantProfile, parse_profiles
@@ -303,3 +303,19 @@ async def test_documents_stay_out_of_a_shared_vector_store(
     assert [e.text for e in events if isinstance(e, Notice)] == [file_refused("salaries.pdf", SHARED_STORE)]
     assert fake.uploads == [] and fake.vector_stores == {}
     assert user_message(fake, thread)["attachments"] == [] and answer(events) == "You said: summarise"
+
+
+async def test_a_lost_thread_is_said_after_the_uploads_which_a_retry_reuses(
+    fake: A.FakeAssistants, backend: AssistantsBackend
+) -> None:
+    prof = profile(fake)
+    data = FilePart("data.csv", "text/csv", b"x\n1\n", FileRoute.CODE_INTERPRETER)
+    turn_input = TurnInput("sum it", "U1", files=(data,))
+    with pytest.raises(ConversationGone):
+        async for _ in backend.run_turn("thread_gone", turn_input, prof):
+            pass
+    thread = await backend.open_conversation(prof)
+    events = [e async for e in backend.run_turn(thread, turn_input, prof)]
+    [upload] = fake.uploads
+    assert user_message(fake, thread)["attachments"][0]["file_id"] == upload["id"]
+    assert answer(events) == "You said: sum it"

@@ -156,3 +156,15 @@ async def test_a_stopped_turn_keeps_the_vector_store_it_made(tmp_path: Path) -> 
             assert search["vector_store_ids"] == ["vs_team", store_id]
         finally:
             await bridge.close()
+
+
+async def test_a_lost_conversation_does_not_upload_the_files_twice(setup: tuple[Bridge, FakeOpenAI]) -> None:
+    bridge, fake = setup
+    await send(bridge, "first")
+    fake.conversations.clear()  # the backend lost it
+    reply = await send(bridge, "sum it", MemoryFile("data.csv", b"a,b\n"))
+    assert reply.text == "You said: sum it"
+    [upload] = fake.files.values()
+    [tool] = [t for t in fake.requests[-1]["tools"] if t["type"] == "code_interpreter"]
+    assert tool["container"]["file_ids"] == [upload.id]
+    assert [p.label for p in reply.of_type(Progress) if not p.done].count("Uploading data.csv…") == 1  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ from core.events import (
     TextDelta,
     Usage,
 )
-from core.files import FilePart, FileRoute
+from core.files import FileRoute
 from core.profiles import AssistantProfile, AssistantsSettings
 from core.settings import secret_from_environment
 from core.tools import call_tool
@@ -193,17 +193,17 @@ class AssistantsBackend:
     ) -> _Message:
         """Upload the turn's files (all at once) and build the message that carries them."""
         message = _Message(content=turn.text)
-        files: list[FilePart] = []
-        for part in turn.files:
+        files: list[int] = []
+        for index, part in enumerate(turn.files):
             # A document attached for file_search joins the thread's vector store, which is the
             # profile's shared one when it names one: other users' threads would find the file.
             if part.route in (FileRoute.FILE_SEARCH, FileRoute.FILE_INPUT) and _thread_resources(profile):
                 message.refused.append(file_refused(part.name, SHARED_STORE))
             else:
-                files.append(part)
-        ids = await asyncio.gather(*(self._upload(client, part) for part in files))
+                files.append(index)
+        ids = await asyncio.gather(*(self._upload(client, turn, index) for index in files))
         images: list[MessageContentPartParam] = []
-        for part, file_id in zip(files, ids, strict=True):
+        for part, file_id in zip((turn.files[index] for index in files), ids, strict=True):
             if file_id is None:
                 message.refused.append(file_refused(part.name, UPLOAD_FAILED))
             elif part.route is FileRoute.VISION:
@@ -216,13 +216,19 @@ class AssistantsBackend:
             message.content = [{"type": "text", "text": turn.text}, *images]
         return message
 
-    async def _upload(self, client: openai.AsyncOpenAI, part: FilePart) -> str | None:
+    async def _upload(self, client: openai.AsyncOpenAI, turn: TurnInput, index: int) -> str | None:
+        if index in turn.uploaded:
+            return turn.uploaded[index]
+        part = turn.files[index]
         purpose: FilePurpose = "vision" if part.route is FileRoute.VISION else "assistants"
         try:
-            uploaded = await client.files.create(file=(part.name, part.data, part.mime_type), purpose=purpose)
+            uploaded = await client.files.create(
+                file=(part.name, part.data, part.upload_mime_type), purpose=purpose
+            )
         except openai.OpenAIError as exc:
             log.warning("could not upload %s (%d bytes): %s", part.name, len(part.data), exc)
             return None
+        turn.uploaded[index] = uploaded.id
         return uploaded.id
 
     async def _add_message(self, client: openai.AsyncOpenAI, thread_id: str, message: _Message) -> None:

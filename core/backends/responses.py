@@ -45,7 +45,7 @@ from core.events import (
     TextDelta,
     Usage,
 )
-from core.files import FilePart, FileRoute
+from core.files import FileRoute
 from core.profiles import AssistantProfile
 from core.tools import call_tool
 from core.wording import (
@@ -187,9 +187,10 @@ class ResponsesBackend:
         self, conversation_id: str, turn: TurnInput, content: list[dict[str, Any]], container_files: list[str]
     ) -> AsyncIterator[Event]:
         """Upload the turn's files (concurrently) and put each where it was routed."""
-        for part in turn.files:
-            yield Progress(uploading_file(part.name))
-        file_ids = await asyncio.gather(*(self._upload(part) for part in turn.files))
+        for index, part in enumerate(turn.files):
+            if index not in turn.uploaded:
+                yield Progress(uploading_file(part.name))
+        file_ids = await asyncio.gather(*(self._upload(turn, index) for index in range(len(turn.files))))
         searchable: list[tuple[str, str]] = []
         for part, file_id in zip(turn.files, file_ids, strict=True):
             if file_id is None:
@@ -206,15 +207,18 @@ class ResponsesBackend:
             async for out in self._index(conversation_id, turn.resources, searchable):
                 yield out
 
-    async def _upload(self, part: FilePart) -> str | None:
-        mime_type = part.mime_type or mimetypes.guess_type(part.name)[0] or "application/octet-stream"
+    async def _upload(self, turn: TurnInput, index: int) -> str | None:
+        if index in turn.uploaded:
+            return turn.uploaded[index]
+        part = turn.files[index]
         try:
             uploaded = await self._client.files.create(
-                file=(part.name, part.data, mime_type), purpose="user_data"
+                file=(part.name, part.data, part.upload_mime_type), purpose="user_data"
             )
         except openai.OpenAIError as exc:
             log.warning("upload failed file=%s error=%s", part.name, exc)
             return None
+        turn.uploaded[index] = uploaded.id
         return uploaded.id
 
     async def _index(
