@@ -32,7 +32,10 @@ async def download(
     """The file's bytes. ``allowed`` says which URLs may be fetched (and get the token);
     ``refuse_html`` treats an HTML page as a sign-in page served instead of the file, unless
     ``html_size`` (for an HTML file, the size the platform declared) matches it exactly."""
-    target = URL(url)
+    try:
+        target = URL(url)
+    except ValueError as exc:  # a link the platform sent that is not a URL
+        raise FileRefused(wording.DOWNLOAD_FAILED) from exc
     for _ in range(MAX_REDIRECTS + 1):
         if not allowed(target):
             raise FileRefused(wording.FILE_HOST_NOT_ALLOWED)

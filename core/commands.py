@@ -35,7 +35,7 @@ class Command(Enum):
 ADMIN_COMMANDS = frozenset({Command.USE, Command.LIMIT, Command.ALLOW, Command.DENY, Command.USAGE})
 _BARE = {c.value: c for c in Command if c not in (Command.USE, Command.LIMIT)}
 _USE = re.compile(r"use\s+([a-z0-9][a-z0-9_-]{0,39})", re.IGNORECASE)
-_LIMIT = re.compile(r"limit\s+(off|\d[\d_,]*)", re.IGNORECASE)
+_LIMIT = re.compile(r"limit\s+(off|\d[\d_,]{0,15})", re.IGNORECASE)  # longer numbers: malformed
 
 
 @dataclass(frozen=True)

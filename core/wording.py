@@ -58,8 +58,21 @@ FILES_BELOW = "(The assistant answered with the file below.)"
 SOURCES = "Sources"
 
 
+NAME_LIMIT = 120  # characters of a file name shown in a sentence
+
+
+def display_name(name: str) -> str:
+    """A file name as shown in a sentence: on one line, and long ones shortened in the middle
+    (a name is data from a user or the model, and may be of any length)."""
+    name = " ".join(name.split())
+    if len(name) <= NAME_LIMIT:
+        return name
+    half = (NAME_LIMIT - 1) // 2
+    return f"{name[:half]}…{name[-half:]}"
+
+
 def upload_failed(filename: str) -> str:
-    return f"I could not attach {filename} here."
+    return f"I could not attach {display_name(filename)} here."
 
 
 NOTHING_TO_STOP = "Nothing is running in this thread."
@@ -89,19 +102,19 @@ SHARED_STORE = (
 
 
 def indexing_file(name: str) -> str:
-    return f"Indexing {name}…"
+    return f"Indexing {display_name(name)}…"
 
 
 def reading_file(name: str) -> str:
-    return f"Reading {name}…"
+    return f"Reading {display_name(name)}…"
 
 
 def uploading_file(name: str) -> str:
-    return f"Uploading {name}…"
+    return f"Uploading {display_name(name)}…"
 
 
 def file_refused(name: str, reason: str) -> str:
-    return f"⚠️ I could not use {name}: {reason}."
+    return f"⚠️ I could not use {display_name(name)}: {reason}."
 
 
 FILES_ONLY = "Please look at the attached file."
@@ -135,15 +148,17 @@ FILE_IN_CHANNEL = (
 
 
 def file_only_in_personal_chat(name: str) -> str:
-    return f"I made {name}, but I can only send files in a personal chat: ask me there to get it."
+    return (
+        f"I made {display_name(name)}, but I can only send files in a personal chat: ask me there to get it."
+    )
 
 
 def file_upload_declined(name: str) -> str:
-    return f"OK, I did not upload {name}."
+    return f"OK, I did not upload {display_name(name)}."
 
 
 def file_upload_expired(name: str) -> str:
-    return f"{name} is no longer available: ask me again to make it."
+    return f"{display_name(name)} is no longer available: ask me again to make it."
 
 
 NOT_ADMIN = "Only the bot's admins can do that. Nothing was changed."

@@ -36,6 +36,7 @@ def test_grammar() -> None:
     assert parse_command("limit off") == CommandRequest(Command.LIMIT, "off")
     assert parse_command("use python to sort this list") is None  # a question, not a command
     assert parse_command("limit lots") == CommandRequest(Command.HELP, malformed=True)
+    assert parse_command("limit " + "9" * 5000) == CommandRequest(Command.HELP, malformed=True)
     assert parse_command("what is the limit?") is None
     assert parse_command("frobnicate", explicit=True) == CommandRequest(Command.HELP, malformed=True)
     assert parse_command("", explicit=True) == CommandRequest(Command.HELP)

@@ -294,3 +294,37 @@ def test_a_shared_file_never_shows_the_token() -> None:
         "https://slack.com/api/",
     )
     assert "xoxb-secret" not in repr(file) and "a.csv" in repr(file)
+
+
+async def test_a_link_that_is_no_url_refuses_the_file_not_the_turn(analyst: RunningBridge) -> None:
+    bad = {"id": "F16", "name": "a.csv", "mimetype": "text/csv", "url_private_download": "https://[zz/a.csv"}
+    event = dm("what is in it?", [bad])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert (
+        answer
+        == "⚠️ I could not use a.csv: the download failed; please try again.\n\nYou said: what is in it?"
+    )
+
+
+async def test_a_huge_file_name_is_shortened_not_flooded(bridge: RunningBridge) -> None:
+    event = dm("hi", [{"id": "F17", "name": "x" * 200_000 + ".exe"}])
+    await bridge.post_event(event)
+    [answer] = await bridge.wait_answers("D1", event["ts"])
+    assert len(answer) < 400 and "…" in answer and answer.endswith("You said: hi")
+
+
+async def test_a_file_the_model_names_with_pings_is_no_ping_when_its_upload_fails(
+    analyst: RunningBridge,
+) -> None:
+    from tests.fakes.openai_server import Reply, container_citation
+
+    name, text = "<!channel> <@U999> report.csv", "See report.csv."
+    analyst.openai.add_container_file("cntr_1", "cfile_1", name, b"a,b\n1,2\n")
+    citation = container_citation(text, "report.csv", "cntr_1", "cfile_1", filename=name)
+    analyst.openai.enqueue(Reply(text, container_id="cntr_1", annotations=[citation]))
+    analyst.slack.failing_uploads = 1
+    event = dm("make it", [])
+    await analyst.post_event(event)
+    [answer] = await analyst.wait_answers("D1", event["ts"])
+    assert answer.endswith("⚠️ I could not attach &lt;!channel&gt; &lt;@U999&gt; report.csv here.")

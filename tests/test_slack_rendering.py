@@ -134,6 +134,24 @@ async def test_citations_become_numbered_sources(fake_slack: FakeSlack) -> None:
     assert message.text == "Answer.\n\n*Sources*\n[1] [Handbook](https://example.com/h)\n[2] policy.pdf"
 
 
+async def test_sources_cannot_ping_or_smuggle_a_link(fake_slack: FakeSlack) -> None:
+    await render(
+        fake_slack,
+        TextDelta("See."),
+        Citation(
+            "Handbook](https://phish.example) [", url="https://example.com/<!here>) <!channel> <@U9> (x"
+        ),
+        Citation("Local", url="javascript:alert(1)"),
+        Done(),
+    )
+    [message] = fake_slack.messages("C1", "100.1")
+    assert message.text == (
+        "See.\n\n*Sources*\n"
+        "[1] [Handbook)(https://phish.example) (](https://example.com/%3C!here%3E%29%20%3C!channel%3E"
+        "%20%3C%40U9%3E%20%28x)\n[2] Local"
+    )
+
+
 async def test_progress_sets_the_thread_status_and_clears_it(fake_slack: FakeSlack) -> None:
     await render(
         fake_slack, Progress("Running code…"), TextDelta("ok"), Progress("Running code…", done=True), Done()

@@ -306,6 +306,23 @@ async def test_requests_without_a_valid_token_are_refused_when_credentials_are_s
         await asyncio.wait_for(task, 10)
 
 
+def test_tokens_must_come_from_bot_framework_or_the_bots_tenant() -> None:
+    from bots.teams.adapter import auth_configuration
+    from core.settings import Settings
+
+    tenant = "66666666-7777-8888-9999-000000000000"
+    settings = Settings(
+        _env_file=None,
+        teams_app_id="11111111-2222-3333-4444-555555555555",
+        teams_app_password="secret",
+        teams_tenant_id=tenant,
+    )
+    auth = auth_configuration(settings)
+    assert auth.VALIDATE_ISSUER is True
+    assert "https://api.botframework.com" in auth.ISSUERS
+    assert all("botframework" in issuer or tenant in issuer for issuer in auth.ISSUERS)
+
+
 def noisy_png(width: int, height: int) -> bytes:
     image = Image.frombytes("RGB", (width, height), __import__("os").urandom(width * height * 3))
     buffer = io.BytesIO()

@@ -311,3 +311,18 @@ async def test_a_refusal_mid_stream_closes_the_stream_without_repeating_the_answ
     await reply.emit(Done())
     visible = connector.visible(chat["conversation"]["id"])
     assert [(v.streamed, v.finished, v.text) for v in visible] == [(True, True, "First half. Second half.")]
+
+
+async def test_names_and_sources_from_the_model_cannot_tag_anyone(connector: FakeConnector) -> None:
+    chat = T.personal("x", service_url=connector.service_url)
+    reply = reply_in(connector, chat, offer_file=lambda file: "upload-1")
+    await reply.emit(Progress("Reading <at>Boss</at>.pdf…"))
+    await reply.emit(TextDelta("Made it."))
+    await reply.emit(Citation("Docs", url="https://example.com/a) <at>Everyone</at> (b"))
+    await reply.emit(ImageOut(b"not an image", "<at>Boss</at>.png"))
+    await reply.emit(FileOut(b"a,b\n", "<at>Boss</at>.csv"))
+    await reply.emit(Done())
+    sent = "\n".join(repr(s.activity) for s in connector.sent)
+    assert "<at>" not in sent
+    card = connector.sent[-1].activity["attachments"][0]
+    assert card["name"] == "_at_Boss__at_.csv"

@@ -14,7 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.slack.text import MESSAGE_LIMIT, SOFT_MARGIN, neutralise, safe_prefix
 from core import wording
 from core.events import Citation, Done, Event, Failure, FileOut, ImageOut, Notice, Progress, TextDelta
-from core.text import split_point
+from core.text import link_title, safe_url, split_point
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,10 @@ class SlackReply:
         if self._citations:
             lines = [f"*{wording.SOURCES}*"]
             for number, citation in enumerate(self._citations, start=1):
-                title = neutralise(citation.title)
-                lines.append(
-                    f"[{number}] [{title}]({citation.url})" if citation.url else f"[{number}] {title}"
-                )
+                title, url = neutralise(link_title(citation.title)), safe_url(citation.url)
+                lines.append(f"[{number}] [{title}]({url})" if url else f"[{number}] {title}")
             parts.append("\n".join(lines))
-        parts.extend(f"⚠️ {note}" for note in self._notes)
+        parts.extend(f"⚠️ {neutralise(note)}" for note in self._notes)  # notes may name the model's files
         if not parts:
             return ""
         return ("\n\n" if self._sent_any or self._pending else "") + "\n\n".join(parts)

@@ -78,6 +78,8 @@ def auth_configuration(settings: Settings) -> AgentAuthConfiguration:
         tenant_id=settings.teams_tenant_id,
         client_secret=password,
         anonymous_allowed=False,
+        # Tokens must come from Bot Framework or the bot's own tenant, not only be for this app id.
+        validate_issuer=True,
     )
 
 

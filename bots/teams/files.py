@@ -118,7 +118,11 @@ class PastedImage:
     size: int | None = None
 
     async def read(self, limit: int) -> bytes:
-        if not self.policy.may_carry_token(URL(self.url)):
+        try:
+            carries = self.policy.may_carry_token(URL(self.url))
+        except ValueError as exc:  # not a URL at all
+            raise FileRefused(wording.DOWNLOAD_FAILED) from exc
+        if not carries:
             raise FileRefused(wording.FILE_HOST_NOT_ALLOWED)
         try:
             token = await self.token()
@@ -176,7 +180,7 @@ def files_of(
             name = attachment.name or f"image{suffix}"
             sources.append(PastedImage(name, content_type, attachment.content_url, session, policy, token))
         elif attachment.content_url:
-            name = attachment.name or PurePosixPath(URL(attachment.content_url).path).name or "a file"
+            name = attachment.name or _name_in(attachment.content_url)
             reason = wording.FILE_IN_CHANNEL if conversation_type != "personal" else wording.FILE_UNSUPPORTED
             sources.append(OutOfReach(name, _mime(name, ""), reason))
     return tuple(sources)
@@ -187,3 +191,11 @@ def _mime(name: str, file_type: str) -> str:
         mimetypes.guess_type(f"file.{file_type}")[0] if file_type else None
     )
     return guessed or "application/octet-stream"
+
+
+def _name_in(url: str) -> str:
+    """The file name at the end of ``url``, or "a file" (also when it is not a URL at all)."""
+    try:
+        return PurePosixPath(URL(url).path).name or "a file"
+    except ValueError:
+        return "a file"

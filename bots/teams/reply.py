@@ -88,7 +88,7 @@ class TeamsReply:
             await self._update_when_due()
         elif isinstance(event, Progress):
             if not event.done:
-                self._label = event.label
+                self._label = neutralise(event.label)  # may name a user's file
                 self._start_heartbeat()
                 await self._update_when_due()
         elif isinstance(event, Citation):
@@ -305,7 +305,7 @@ class TeamsReply:
             inline = await asyncio.to_thread(fit_for_teams, image.data)
         except UnusableImage:
             log.warning("teams: image %s is not a readable image", image.filename)
-            await self._post([f"⚠️ {wording.upload_failed(image.filename)}"])
+            await self._post([f"⚠️ {wording.upload_failed(neutralise(image.filename))}"])
             return
         url = f"data:{inline.mime_type};base64,{base64.b64encode(inline.data).decode()}"
         name = str(PurePosixPath(image.filename).with_suffix(inline.suffix))
@@ -314,4 +314,4 @@ class TeamsReply:
             await self.outbound.send(Activity(type="message", attachments=[attachment]))
         except ConnectorRefused as exc:
             log.warning("teams image refused file=%s status=%s", image.filename, exc.status)
-            await self._post([f"⚠️ {wording.upload_failed(image.filename)}"])
+            await self._post([f"⚠️ {wording.upload_failed(neutralise(image.filename))}"])

@@ -13,7 +13,7 @@ import re
 
 from core import wording
 from core.events import Citation
-from core.text import split_point
+from core.text import link_title, safe_url, split_point
 
 MESSAGE_LIMIT = 80_000
 
@@ -73,8 +73,8 @@ def sources(citations: list[Citation]) -> str:
     """Numbered sources for the end of an answer."""
     lines = [f"**{wording.SOURCES}**", ""]
     for number, citation in enumerate(citations, start=1):
-        title = neutralise(citation.title)
-        lines.append(f"{number}. [{title}]({citation.url})" if citation.url else f"{number}. {title}")
+        title, url = neutralise(link_title(citation.title)), safe_url(citation.url)
+        lines.append(f"{number}. [{title}]({url})" if url else f"{number}. {title}")
     return "\n".join(lines)
 
 

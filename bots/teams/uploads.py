@@ -93,17 +93,28 @@ class PendingUploads:
 
 def consent_card(file: FileOut, upload_id: str) -> Attachment:
     """The card asking the user whether to save ``file`` in their OneDrive."""
-    context = {"upload": upload_id, "name": file.filename}
+    name = onedrive_name(file.filename)
+    context = {"upload": upload_id, "name": name}
     return Attachment(
         content_type=CONSENT_CARD,
-        name=file.filename,
+        name=name,
         content={
-            "description": file.filename,
+            "description": name,
             "sizeInBytes": len(file.data),
             "acceptContext": context,
             "declineContext": context,
         },
     )
+
+
+def onedrive_name(filename: str) -> str:
+    """A file name the model chose, as OneDrive takes it: none of ``<>:"/\\|?*`` or control
+    characters (so no mention tag either), at most 200 characters."""
+    cleaned = "".join("_" if ch in '<>:"/\\|?*' or ord(ch) < 32 else ch for ch in filename).strip(" .")
+    if len(cleaned) > 200:
+        stem, dot, suffix = cleaned.rpartition(".")
+        cleaned = (stem[: 199 - len(suffix)] + dot + suffix) if dot and len(suffix) <= 10 else cleaned[:200]
+    return cleaned or "file"
 
 
 def file_info_card(upload_info: dict[str, Any], fallback_name: str) -> Attachment:
@@ -120,7 +131,11 @@ async def put_file(
     session: aiohttp.ClientSession, url: str, data: bytes, allowed: Callable[[URL], bool]
 ) -> None:
     """The whole file in one PUT to a pre-authorised upload URL (no token goes with it)."""
-    if not allowed(URL(url)):
+    try:
+        permitted = allowed(URL(url))
+    except ValueError:
+        permitted = False
+    if not permitted:
         raise UploadFailed("upload URL not allowed")
     size = len(data)
     headers = {"Content-Length": str(size), "Content-Range": f"bytes 0-{size - 1}/{size}"}
