@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 _SANDBOX_LINK = re.compile(r"!?\[([^\]\n]*)\]\((sandbox:[^)\s]*)\)")  # "!": a markdown image
 _BARE_SANDBOX = re.compile(r"sandbox:/mnt/data/[^\s)\]]*")
-_MARKER = re.compile(r"【[^】]*】")
+_MARKER = re.compile(r"【[^】\n]*†[^】\n]*】")  # citation markers only (【4:0†source】), not CJK brackets
 
 
 @dataclass
@@ -67,13 +67,13 @@ def _safe_end(text: str) -> int:
     """How much of ``text`` cannot be part of a marker or sandbox link still being written."""
     end = len(text)
     open_marker = text.rfind("【")
-    if open_marker != -1 and "】" not in text[open_marker:]:
+    if open_marker != -1 and "】" not in text[open_marker:] and "\n" not in text[open_marker:]:
         end = min(end, open_marker)
     link = text.rfind("](sandbox:")
     if link != -1 and ")" not in text[link + 2 :]:
         end = min(end, text.rfind("[", 0, link) if text.rfind("[", 0, link) != -1 else link)
     bracket = text.rfind("[")
-    if bracket != -1 and "]" not in text[bracket:]:
+    if bracket != -1 and "]" not in text[bracket:] and "\n" not in text[bracket:]:
         end = min(end, bracket)  # maybe the label of a sandbox link
     tail = text[max(0, end - 20) : end]
     end -= max(
