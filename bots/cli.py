@@ -6,8 +6,14 @@ import argparse
 import asyncio
 import datetime
 import logging
+import os
 import sys
 from pathlib import Path
+
+# The openai SDK builds its response models on first use unless told otherwise: that took 0.6 s
+# on the event loop in the first turn after start (every ack and stream waited). Build them at
+# start instead. Before anything imports openai.
+os.environ.setdefault("DEFER_PYDANTIC_BUILD", "false")
 
 from pydantic import ValidationError
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from pydantic import create_model
 
 log = logging.getLogger(__name__)
+
+# Plain (non-async) tools run here, not in the default pool that the stores use: a tool that
+# hangs keeps its thread after its timeout (threads cannot be cancelled), and must not stall
+# every turn's store access with it.
+TOOL_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="assistant-tool")
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,9 @@ class FunctionTool:
             if inspect.iscoroutinefunction(self.function):
                 result = await asyncio.wait_for(self.function(**kwargs), self.timeout)
             else:
-                result = await asyncio.wait_for(asyncio.to_thread(self.function, **kwargs), self.timeout)
+                call = functools.partial(self.function, **kwargs)
+                running = asyncio.get_running_loop().run_in_executor(TOOL_THREADS, call)
+                result = await asyncio.wait_for(running, self.timeout)
         except TimeoutError:
             log.warning("tool=%s outcome=timeout after=%.1fs", self.name, self.timeout)
             return error_output(f"{self.name} did not finish within {self.timeout:g} seconds")

@@ -59,7 +59,7 @@ def test_plain_text_streams_without_delay() -> None:
 
 def test_brackets_that_are_not_links_or_markers_stream_on_and_stay() -> None:
     cleaned = AnnotatedText()
-    code = 'data = [\n  1,\n  2,\n'
+    code = "data = [\n  1,\n  2,\n"
     assert cleaned.feed(code) == code  # an open list in code: a link label has no line break
     assert cleaned.feed("]\n【注意】\n見てください") == "]\n【注意】\n見てください"
     assert cleaned.flush() == ""

@@ -165,3 +165,19 @@ def test_conversation_key_round_trips() -> None:
     assert ConversationKey.parse(str(teams)) == teams
     chat = ConversationKey("teams", "tenant-1", "a:1xyz", "")
     assert ConversationKey.parse(str(chat)) == chat
+
+
+async def test_hung_plain_tools_do_not_stall_the_stores() -> None:
+    import threading
+
+    from core.tools import FunctionTool
+
+    release = threading.Event()
+    hung = FunctionTool("hang", "", {"type": "object"}, lambda: release.wait(10), timeout=0.05)
+    try:
+        outputs = await asyncio.gather(*(hung.invoke("{}") for _ in range(8)))
+        assert all("did not finish" in output for output in outputs)
+        # the eight threads still hang; the default pool (sqlite stores) is free
+        await asyncio.wait_for(asyncio.to_thread(lambda: None), 0.5)
+    finally:
+        release.set()
