@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,4 @@ class UserRoles:
 
 
 def _error_of(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if response is not None:
-        try:
-            return str(response.get("error"))
-        except Exception:
-            pass
-    return type(exc).__name__
+    return str(exc.response.get("error")) if isinstance(exc, SlackApiError) else type(exc).__name__
