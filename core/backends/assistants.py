@@ -193,17 +193,18 @@ class AssistantsBackend:
     ) -> _Message:
         """Upload the turn's files (all at once) and build the message that carries them."""
         message = _Message(content=turn.text)
-        files: list[int] = []
+        usable: list[int] = []  # indexes into turn.files
         for index, part in enumerate(turn.files):
             # A document attached for file_search joins the thread's vector store, which is the
             # profile's shared one when it names one: other users' threads would find the file.
             if part.route in (FileRoute.FILE_SEARCH, FileRoute.FILE_INPUT) and _thread_resources(profile):
                 message.refused.append(file_refused(part.name, SHARED_STORE))
             else:
-                files.append(index)
-        ids = await asyncio.gather(*(self._upload(client, turn, index) for index in files))
+                usable.append(index)
+        ids = await asyncio.gather(*(self._upload(client, turn, index) for index in usable))
         images: list[MessageContentPartParam] = []
-        for part, file_id in zip((turn.files[index] for index in files), ids, strict=True):
+        for index, file_id in zip(usable, ids, strict=True):
+            part = turn.files[index]
             if file_id is None:
                 message.refused.append(file_refused(part.name, UPLOAD_FAILED))
             elif part.route is FileRoute.VISION:
